@@ -1,0 +1,78 @@
+"""Fixtures shared by every test layer.
+
+The autouse ``no_orphans`` fixture is the product's promise in test form: after
+every test, no process started during it may still be alive (workers, their
+wandb-core sidecars, kernels, servers, browsers).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+import pytest
+
+
+def _descendants() -> set[int]:
+    try:
+        return {p.pid for p in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return set()
+
+
+def _alive(pids: set[int]) -> list[psutil.Process]:
+    alive = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _wandb_core_of(pids: set[int]) -> set[int]:
+    """wandb-core runs in its own session with ``--pid <owner>``: not our child, but ours."""
+    found = set()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if cmd and "wandb-core" in os.path.basename(cmd[0]) and "--pid" in cmd:
+            try:
+                owner = int(cmd[cmd.index("--pid") + 1])
+            except (ValueError, IndexError):
+                continue
+            if owner in pids:
+                found.add(proc.info["pid"])
+    return found
+
+
+def _own_sidecars() -> set[int]:
+    """The test process's own wandb-core (from wandb.Api() in a test) lives as long as pytest."""
+    return _wandb_core_of({os.getpid()})
+
+
+@pytest.fixture(autouse=True)
+def no_orphans(request):
+    before = _descendants()
+    seen: set[int] = set()
+    yield
+    # Everything that became our descendant during the test, plus sidecars owned by them.
+    seen = _descendants() - before
+    seen |= _wandb_core_of(seen)
+    seen -= before | _own_sidecars()
+    deadline = time.monotonic() + 15
+    leftovers = _alive(seen)
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(0.2)
+        leftovers = _alive(seen)
+    if leftovers:
+        desc = [f"{p.pid} {' '.join(p.cmdline()[:4])}" for p in leftovers if p.is_running()]
+        for p in leftovers:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        if desc:
+            pytest.fail(f"processes left behind by {request.node.name}: {desc}")
