@@ -1,0 +1,251 @@
+"""``%%sweep_parallel``, ``%sweep_parallel``, ``%sweep_stop``, ``%sweep_status``.
+
+The magic only parses: it finds the function in the cell, turns the line into
+``sweep_magic.launch(...)`` arguments, and shows the session that returns.  Every
+user mistake becomes a one-line ``UsageError`` before anything starts; the work
+itself lives in ``api.py`` so it is the same from plain Python.
+
+IPython expands ``{var}`` and ``$var`` in the line of line and cell magics alike
+(``InteractiveShell.var_expand``), so ``%%sweep_parallel {sweep_id} --cpus 2`` works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from sweep_magic import _display, api
+from sweep_magic.errors import SweepMagicError
+
+_EXAMPLES = """
+Examples::
+
+    %%sweep_parallel {sweep_id} --gpus 0,1 --agents-per-gpu 2 --count 10
+    def train():
+        with wandb.init() as run:
+            run.log({"loss": run.config.lr * 2})
+
+    %%sweep_parallel --config sweep_config --cpus 2 --wait    # a local sweep from a dict (or a YAML path)
+    def train(): ...
+
+    %sweep_parallel entity/project/abc123 --function train --gpus free   # an existing function
+    %sweep_parallel                                          # the panel, with a form
+    %sweep_status                                            # every session of this kernel
+    %sweep_stop s1                                           # stop one session (all without an id)
+"""
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def _gpus(text: str):
+    """``0,1`` → [0, 1]; ``all`` / ``free`` pass through for ``devices.plan``."""
+    word = text.strip().lower()
+    if word in ("all", "free"):
+        return word
+    try:
+        return [int(part) for part in word.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GPU indices like 0,1 or 'all' or 'free', got {text!r}") from None
+
+
+@magics_class
+class SweepMagics(Magics):
+    @magic_arguments()
+    @argument("sweep_id", nargs="?", help="the sweep: a local_sweep id, or a W&B sweep id / ENTITY/PROJECT/ID")
+    @argument("--function", "-f", metavar="NAME", help="the function to run (default: the one the cell defines)")
+    @argument("--config", metavar="VAR_OR_YAML", help="make a local sweep from a dict variable or a YAML file")
+    @argument("--gpus", type=_gpus, metavar="LIST|all|free", help="GPUs for agents: 0,1 or all or free (idle ones)")
+    @argument("--agents-per-gpu", type=_count, default=1, metavar="N", help="agents sharing each GPU (default 1)")
+    @argument("--cpus", type=_count, metavar="N", help="run N agents on CPU cores")
+    @argument("--count", type=_count, metavar="N", help="runs per agent (default: until the sweep is done)")
+    @argument("--project", metavar="P", help="W&B project (of the sweep, or of the new local sweep)")
+    @argument("--entity", metavar="E", help="W&B entity")
+    @argument("--wait", action="store_true", default=None, help="block until the sweep ends (default when headless)")
+    @argument("--no-wait", dest="wait", action="store_false", help="return at once even when headless")
+    @argument("--no-widget", action="store_true", help="show text instead of the panel")
+    @line_cell_magic
+    def sweep_parallel(self, line: str = "", cell: str | None = None):
+        """Run a W&B sweep's agents in parallel, each in its own process, on GPUs or CPU cores.
+
+        The cell runs in the notebook's namespace; its function (the only one it
+        defines, or ``--function NAME``) is sent to every agent.  Without a cell,
+        ``--function`` names an existing function; with no arguments at all the
+        panel opens.  Headless runs (nbclient, papermill, ``jupyter execute``) wait
+        for the sweep by default; ``SWEEP_MAGIC_WAIT=0|1`` overrides that.
+        """
+        if cell is None and not line.strip():
+            return self._panel()
+        args = parse_argstring(self.sweep_parallel, line)
+        if cell is not None and not cell.strip():
+            raise UsageError("%%sweep_parallel needs a cell that defines the function to run")
+        function = self._function(args, cell)
+        sweep_id = self._sweep_id(args)
+        try:
+            session = api.launch(
+                function,
+                sweep_id,
+                gpus=args.gpus,
+                cpus=args.cpus,
+                agents_per_gpu=args.agents_per_gpu,
+                count=args.count,
+                project=args.project,
+                entity=args.entity,
+            )
+        except SweepMagicError as err:
+            raise UsageError(str(err)) from None
+        wait = args.wait if args.wait is not None else _display.headless(self.shell)
+        view = _display.show(session, widget=False if args.no_widget else None)
+        if wait:
+            _wait(session, view)
+
+    # --- the pieces ----------------------------------------------------------------------
+    def _function(self, args, cell: str | None):
+        ns = self.shell.user_ns
+        if cell is None:
+            if not args.function:
+                raise UsageError("%sweep_parallel needs --function NAME (or use %%sweep_parallel with a cell)")
+            return self._named(args.function)
+        code = self.shell.transform_cell(cell)
+        try:
+            tree = ast.parse(code)
+        except SyntaxError as err:
+            raise UsageError(f"the cell does not parse: {err.msg} (line {err.lineno})") from None
+        defined = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        if not args.function:
+            if not defined:
+                raise UsageError("the cell defines no function: write `def train(): ...` in it, or pass --function NAME")
+            if len(defined) > 1:
+                raise UsageError(f"the cell defines {', '.join(defined)}: say which to run with --function NAME")
+        # The cell's other statements (imports, helpers, constants) run too, in the notebook's namespace.
+        filename = self.shell.compile.cache(code)  # kept in linecache, so tracebacks show the cell
+        exec(self.shell.compile(code, filename, "exec"), ns)  # noqa: S102 - running the user's own cell is the point
+        return self._named(args.function or defined[0])
+
+    def _named(self, name: str):
+        if name not in self.shell.user_ns:
+            raise UsageError(f"no function named {name!r} in the notebook")
+        function = self.shell.user_ns[name]
+        if not callable(function):
+            raise UsageError(f"{name!r} is a {type(function).__name__}, not a function")
+        return function
+
+    def _sweep_id(self, args) -> str:
+        if args.config is None:
+            if not args.sweep_id:
+                raise UsageError("give a sweep id (%%sweep_parallel SWEEP_ID) or --config to make a local sweep")
+            return args.sweep_id
+        if args.sweep_id:
+            raise UsageError("give either a sweep id or --config, not both")
+        config = _load_config(args.config, self.shell.user_ns)
+        from sweep_magic.server import local_sweep
+
+        try:
+            return local_sweep(config, project=args.project or "sweep_magic", entity=args.entity)
+        except SweepMagicError as err:
+            raise UsageError(str(err)) from None
+        except ValueError as err:  # a config the sweeps engine rejects
+            raise UsageError(f"--config {args.config}: {err}") from None
+
+    def _panel(self):
+        try:
+            from sweep_magic.panel import show_panel
+        except Exception:
+            raise UsageError(
+                "the panel needs ipywidgets; give a sweep id: %%sweep_parallel SWEEP_ID --cpus 2 (see %sweep_parallel?)"
+            ) from None
+        return show_panel(self.shell)
+
+    @magic_arguments()
+    @argument("session", nargs="?", help="session id (s1), number or sweep id; default: every running session")
+    @argument("--drain", action="store_true", help="let each agent finish its current run first")
+    @line_magic
+    def sweep_stop(self, line: str = ""):
+        """Stop the agents of one session, or of every session of this kernel."""
+        args = parse_argstring(self.sweep_stop, line)
+        try:
+            targets = [api.get_session(args.session)] if args.session else [s for s in api.sessions() if not s.done]
+        except SweepMagicError as err:
+            raise UsageError(str(err)) from None
+        for session in targets:
+            session.stop(drain=args.drain)
+        print(f"stopped {', '.join(s.id for s in targets)}" if targets else "no running sessions")
+
+    @magic_arguments()
+    @argument("session", nargs="?", help="show one session in full (id, number or sweep id)")
+    @line_magic
+    def sweep_status(self, line: str = ""):
+        """One line per session of this kernel, or the full text of one."""
+        from sweep_magic import text
+
+        args = parse_argstring(self.sweep_status, line)
+        try:
+            if args.session:
+                print(text.render(api.get_session(args.session).snapshot()))
+                return
+        except SweepMagicError as err:
+            raise UsageError(str(err)) from None
+        found = api.sessions()
+        print("\n".join(text.header(s.snapshot()) for s in found) if found else "no sweep sessions yet")
+
+
+SweepMagics.sweep_parallel.__doc__ += _EXAMPLES  # shown by %%sweep_parallel? after the options
+
+
+def _load_config(ref: str, ns: dict) -> dict:
+    if ref in ns:
+        value = ns[ref]
+        if not isinstance(value, dict):
+            raise UsageError(f"--config {ref}: expected a dict, got {type(value).__name__}")
+        return value
+    path = os.path.expanduser(ref)
+    if not os.path.isfile(path):
+        raise UsageError(f"--config {ref}: no such variable in the notebook, nor YAML file")
+    import yaml
+
+    try:
+        with open(path) as fh:
+            value = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as err:
+        raise UsageError(f"--config {ref}: cannot read it ({str(err).splitlines()[0]})") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--config {ref}: the YAML is not a mapping")
+    return value
+
+
+def _wait(session, view) -> None:
+    """Block until the session ends; Ctrl-C stops the agents and keeps what they collected."""
+    try:
+        session.wait()
+    except KeyboardInterrupt:
+        # SweepSession.wait already stopped the agents; the view below ends with the table.
+        print(f"interrupted: stopped {session.id}; {len(session.results())} runs in results()")
+    # Let the view's last refresh (the final table) land before the cell ends, so a
+    # headless executor (nbclient) records it in this cell's output.
+    join = getattr(view, "join", None)
+    if callable(join):
+        join(timeout=10)
+
+
+def register(ipython) -> None:
+    ipython.register_magics(SweepMagics)
+
+
+def unregister(ipython) -> None:
+    api.stop_all()
+    magics = ipython.magics_manager.magics
+    for kind, names in (("line", ("sweep_parallel", "sweep_stop", "sweep_status")), ("cell", ("sweep_parallel",))):
+        for name in names:
+            magics[kind].pop(name, None)
