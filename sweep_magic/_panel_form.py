@@ -1,0 +1,195 @@
+"""The panel's form: what to run (sweep, function) and where (GPUs or CPU cores).
+
+The form only collects values and turns them into ``launch(...)`` keyword
+arguments; it never launches anything itself, and it reads GPU figures from the
+records ``devices.gpu_inventory()`` returns (it never calls NVML).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import types
+
+import ipywidgets as W
+
+from sweep_magic._panel_html import gpu_html
+from sweep_magic.errors import SweepMagicError
+
+# Names IPython puts in the user namespace that are not the user's functions.
+_IPYTHON_NAMES = frozenset({"exit", "quit", "get_ipython", "open", "display", "In", "Out"})
+
+
+def user_functions(namespace: dict, hidden: dict | None = None) -> list[str]:
+    """Names of the callables the user defined: no modules, classes, builtins or IPython's own."""
+    hidden = hidden or {}
+    names = []
+    for name, value in namespace.items():
+        if name.startswith("_") or name in _IPYTHON_NAMES or (name in hidden and hidden[name] is value):
+            continue
+        if isinstance(value, (types.ModuleType, type, types.BuiltinFunctionType)):
+            continue
+        if inspect.isfunction(value) or isinstance(value, types.MethodType) or _is_partial(value):
+            names.append(name)
+    return sorted(names)
+
+
+def _is_partial(value) -> bool:
+    import functools
+
+    return isinstance(value, functools.partial)
+
+
+def _int_box(description: str, value: int, minimum: int, maximum: int = 10_000, width: str = "11em") -> W.BoundedIntText:
+    return W.BoundedIntText(
+        value=value, min=minimum, max=maximum, description=description,
+        style={"description_width": "initial"}, layout=W.Layout(width=width),
+    )
+
+
+class PanelForm:
+    """Widgets for the launch settings; ``launch_kwargs()`` reads them back."""
+
+    def __init__(self, inventory: list, shell=None, defaults: dict | None = None):
+        d = dict(defaults or {})
+        self.shell = shell
+        self.gpus = list(inventory)
+        self.sweep = W.Text(
+            value=str(d.get("sweep_id") or d.get("sweep") or ""),
+            description="sweep",
+            placeholder="sweep id, or a config: dict variable name or YAML path",
+            style={"description_width": "initial"},
+            layout=W.Layout(width="34em"),
+        )
+        self.project = W.Text(
+            value=str(d.get("project") or ""), description="project", placeholder="(default)",
+            style={"description_width": "initial"}, layout=W.Layout(width="16em"),
+        )
+        self.function = W.Dropdown(
+            options=[], description="function", style={"description_width": "initial"}, layout=W.Layout(width="20em")
+        )
+        self._wanted_function = d.get("function")
+        if callable(self._wanted_function):
+            self._wanted_function = getattr(self._wanted_function, "__name__", None)
+        self.count = _int_box("runs per agent (0 = until the sweep ends)", int(d.get("count") or 0), 0)
+        self.count.layout.width = "20em"
+        # One checkbox per GPU; busy ones (another user's process, little free memory) start unticked.
+        wanted = d.get("gpus")
+        self.gpu_boxes: list[W.Checkbox] = []
+        self.gpu_labels: list[W.HTML] = []
+        for gpu in self.gpus:
+            tick = (gpu.index in wanted) if wanted is not None else not gpu.busy()
+            box = W.Checkbox(value=bool(tick), description=f"GPU {gpu.index}", indent=False, layout=W.Layout(width="6em"))
+            self.gpu_boxes.append(box)
+            self.gpu_labels.append(W.HTML(gpu_html(gpu)))
+        self.agents_per_gpu = _int_box("agents per GPU", int(d.get("agents_per_gpu") or 1), 1, 64)
+        cpus = d.get("cpus")
+        n_cores = os.cpu_count() or 1
+        self.cpu_agents = _int_box("agents", int(cpus) if isinstance(cpus, int) else min(2, n_cores), 1, 256, "8em")
+        self.cores_each = _int_box("cores each", int(d.get("cores_each") or 1), 1, n_cores, "9em")
+        self.refresh_functions()
+
+    @property
+    def cpu_mode(self) -> bool:
+        return not self.gpus
+
+    def refresh_functions(self) -> None:
+        """Re-read the user's namespace (after each cell) so new functions appear."""
+        ns = getattr(self.shell, "user_ns", None) or {}
+        hidden = getattr(self.shell, "user_ns_hidden", None) or {}
+        names = user_functions(ns, hidden)
+        if tuple(names) == tuple(self.function.options):
+            return
+        keep = self.function.value
+        self.function.options = names
+        for choice in (self._wanted_function, keep, "train"):
+            if choice in names:
+                self.function.value = choice
+                break
+
+    def input_widgets(self) -> list:
+        return [self.sweep, self.project, self.function, self.count, self.agents_per_gpu,
+                self.cpu_agents, self.cores_each, *self.gpu_boxes]
+
+    def widget(self) -> W.Widget:
+        what = W.HBox([self.sweep, self.project])
+        how = W.HBox([self.function, self.count])
+        if self.cpu_mode:
+            where = W.VBox([
+                W.HTML("<b>devices</b> — no GPU visible: agents on CPU cores"),
+                W.HBox([self.cpu_agents, self.cores_each]),
+            ])
+        else:
+            rows = [W.HBox([box, label]) for box, label in zip(self.gpu_boxes, self.gpu_labels)]
+            where = W.VBox([W.HTML("<b>devices</b>"), *rows, self.agents_per_gpu])
+        return W.VBox([what, how, where])
+
+    def update_gpus(self, inventory: list) -> dict:
+        """Desired label values for fresh GPU figures (the refresher sends them)."""
+        by_index = {g.index: g for g in inventory}
+        out = {}
+        for gpu, label in zip(self.gpus, self.gpu_labels):
+            fresh = by_index.get(gpu.index)
+            if fresh is not None:
+                out[label] = {"value": gpu_html(fresh)}
+        return out
+
+    # ------------------------------------------------------------ reading back
+
+    def resolve_function(self):
+        name = self.function.value
+        ns = getattr(self.shell, "user_ns", None) or {}
+        if not name or name not in ns:
+            raise SweepMagicError("Pick the function to run: define it in a cell (def train(): ...) and choose it.")
+        return ns[name]
+
+    def resolve_sweep(self, local_sweep) -> str:
+        """The sweep id: typed directly, or made from a dict variable / YAML file via local_sweep."""
+        text = self.sweep.value.strip()
+        if not text:
+            raise SweepMagicError("Give a sweep id, or the name of a config dict, or a YAML path.")
+        ns = getattr(self.shell, "user_ns", None) or {}
+        config = None
+        if text.isidentifier() and isinstance(ns.get(text), dict):
+            config = ns[text]
+        elif text.endswith((".yaml", ".yml")):
+            path = os.path.expanduser(text)
+            if not os.path.isfile(path):
+                raise SweepMagicError(f"No such YAML file: {text}")
+            import yaml
+
+            with open(path) as f:
+                config = yaml.safe_load(f)
+            if not isinstance(config, dict):
+                raise SweepMagicError(f"{text} does not hold a sweep config (a mapping).")
+        if config is None:
+            return text
+        kwargs = {"project": self.project.value.strip()} if self.project.value.strip() else {}
+        return local_sweep(config, **kwargs)
+
+    def placement(self) -> dict:
+        if self.cpu_mode:
+            return {"cpus": cpu_sets(self.cpu_agents.value, self.cores_each.value)}
+        gpus = [gpu.index for gpu, box in zip(self.gpus, self.gpu_boxes) if box.value]
+        if not gpus:
+            raise SweepMagicError("Tick at least one GPU.")
+        return {"gpus": gpus, "agents_per_gpu": self.agents_per_gpu.value}
+
+    def launch_kwargs(self, local_sweep) -> dict:
+        """Everything Start passes to ``launch`` — function first so its error shows first."""
+        function = self.resolve_function()
+        placement = self.placement()
+        sweep_id = self.resolve_sweep(local_sweep)
+        kwargs = {"function": function, "sweep_id": sweep_id, "count": self.count.value or None, **placement}
+        if self.project.value.strip():
+            kwargs["project"] = self.project.value.strip()
+        return kwargs
+
+
+def cpu_sets(agents: int, cores_each: int) -> list[list[int]]:
+    """Consecutive core sets, one per agent, wrapping round when there are too few cores."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = list(range(os.cpu_count() or 1))
+    return [[cores[(a * cores_each + c) % len(cores)] for c in range(cores_each)] for a in range(agents)]

@@ -1,0 +1,264 @@
+"""The control panel without a browser: widgets built from real snapshot dataclasses.
+
+A ``FakeSession`` produces ``SessionSnapshot``s and records the API calls the
+panel makes; GPUs come from an injected inventory (4 GPUs, one used by another
+user).  Widget traits are read back directly, and ``panel.stats`` counts every
+comm message the panel's widgets send (the same counter a live notebook uses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import threading
+import time
+import types
+
+import pytest
+
+pytest.importorskip("ipywidgets")
+
+from sweep_magic import panel as panel_mod  # noqa: E402
+from sweep_magic._panel_form import user_functions  # noqa: E402
+from sweep_magic.errors import SweepMagicError  # noqa: E402
+from sweep_magic.panel import SessionPanel, panel_for, widgets_available  # noqa: E402
+from sweep_magic.snapshot import AgentSnapshot, RunSnapshot, SessionSnapshot  # noqa: E402
+from panel_fakes import FakeSession, FakeShell, four_gpus  # noqa: E402
+
+
+def wait_for(predicate, timeout=5.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def make_panel():
+    panels = []
+
+    def make(session=None, **kwargs):
+        kwargs.setdefault("inventory", four_gpus)
+        kwargs.setdefault("shell", FakeShell())
+        kwargs.setdefault("interval", 0.05)
+        p = SessionPanel(session, **kwargs)
+        panels.append(p)
+        return p
+
+    yield make
+    for p in panels:
+        p.close()
+        assert p.stats.errors == 0, p.stats.last_error
+
+
+def test_gpu_checkboxes_start_ticked_unless_busy(make_panel):
+    p = make_panel(form=True)
+    boxes = p.form.gpu_boxes
+    assert [b.description for b in boxes] == ["GPU 0", "GPU 1", "GPU 2", "GPU 3"]
+    assert [b.value for b in boxes] == [True, True, False, True]  # GPU 2: bob's process
+    label = p.form.gpu_labels[2].value
+    assert "bob" in label and "pid 4242" in label and "(busy)" in label and "30.0 GiB" in label
+    assert "H200" in p.form.gpu_labels[0].value and "12% util" in p.form.gpu_labels[0].value
+    wait_for(lambda: not p.start_button.disabled, what="Start enabled")
+    assert p.stop_button.disabled
+
+
+def test_gpu_figures_refresh_while_open(make_panel):
+    calls = {"n": 0}
+
+    def inventory():
+        calls["n"] += 1
+        gpus = four_gpus()
+        return [dataclasses.replace(g, utilization_pct=float(calls["n"])) for g in gpus]
+
+    p = make_panel(form=True, inventory=inventory, gpu_poll=0.1)
+    wait_for(lambda: calls["n"] >= 3, what="inventory polled again")
+    wait_for(lambda: f"{calls['n'] - 1}% util" in p.form.gpu_labels[0].value or f"{calls['n']}% util" in p.form.gpu_labels[0].value)
+
+
+def test_function_dropdown_lists_only_user_callables():
+    def train():
+        pass
+
+    class Model:
+        pass
+
+    ns = {"train": train, "evaluate": functools.partial(train), "Model": Model, "os": os, "json": json,
+          "print": print, "get_ipython": lambda: None, "exit": lambda: None, "_private": train, "x": 3,
+          "hidden_fn": train}
+    assert user_functions(ns, hidden={"hidden_fn": train}) == ["evaluate", "train"]
+
+
+def test_start_passes_placement_to_launch(make_panel):
+    launched = []
+
+    def launch(**kwargs):
+        launched.append(kwargs)
+        return FakeSession(agents=kwargs["agents_per_gpu"] * len(kwargs["gpus"]))
+
+    shell = FakeShell()
+    p = make_panel(form=True, launch=launch, shell=shell)
+    assert p.form.function.options == ("train",)
+    p.form.sweep.value = "abc123"
+    p.form.count.value = 5
+    p.form.agents_per_gpu.value = 2
+    p.form.gpu_boxes[0].value = False
+    wait_for(lambda: not p.start_button.disabled)
+    p.start_button.click()
+    assert p.error.value == "" and len(launched) == 1
+    assert launched[0] == {"function": shell.user_ns["train"], "sweep_id": "abc123", "count": 5,
+                           "gpus": [1, 3], "agents_per_gpu": 2}
+    # While it runs: Start off, Stop on, one row per agent.
+    wait_for(lambda: p.start_button.disabled and not p.stop_button.disabled, what="running buttons")
+    wait_for(lambda: len(p.agents_box.children) == 1 + 4, what="agent rows")
+    # A second Start while running is refused with a message, not a second launch.
+    p.start_button.click()
+    wait_for(lambda: "already running" in p.error.value, what="refusal shown")
+    assert len(launched) == 1
+
+
+def test_config_variable_becomes_a_local_sweep(make_panel):
+    made = []
+    shell = FakeShell()
+    shell.user_ns["cfg"] = {"method": "grid", "parameters": {"lr": {"values": [1, 2]}}}
+    p = make_panel(form=True, shell=shell, launch=lambda **kw: FakeSession(sweep_id=kw["sweep_id"]),
+                   local_sweep=lambda config, **kw: made.append((config, kw)) or "local-sweep-1")
+    p.form.sweep.value = "cfg"
+    p.form.project.value = "proj"
+    session = p.start()
+    assert made == [(shell.user_ns["cfg"], {"project": "proj"})]
+    assert session.sweep_id == "local-sweep-1"
+
+
+def test_cpu_mode_without_gpus(make_panel):
+    launched = []
+    p = make_panel(form=True, inventory=lambda: [], launch=lambda **kw: launched.append(kw) or FakeSession())
+    assert p.form.cpu_mode
+    p.form.sweep.value = "s1"
+    p.form.cpu_agents.value = 2
+    p.form.cores_each.value = 1
+    p.start()
+    assert "gpus" not in launched[0] and len(launched[0]["cpus"]) == 2
+    assert all(len(cores) == 1 for cores in launched[0]["cpus"])
+
+
+def test_failures_are_shown_not_swallowed(make_panel):
+    def launch(**kwargs):
+        raise SweepMagicError("Sweep nope not found on the embedded server.")
+
+    p = make_panel(form=True, launch=launch)
+    p.form.sweep.value = "nope"
+    p.start_button.click()
+    wait_for(lambda: "nope not found" in p.error.value, what="error shown")
+    wait_for(lambda: not p.start_button.disabled, what="Start back on")
+    p.form.function.options = []  # no function defined yet
+    p.start_button.click()
+    wait_for(lambda: "Pick the function" in p.error.value)
+
+
+def test_stop_all_stops_the_session(make_panel):
+    p = make_panel(form=True, launch=lambda **kw: FakeSession(agents=2))
+    p.form.sweep.value = "s"
+    session = p.start()
+    wait_for(lambda: not p.stop_button.disabled)
+    p.stop_button.click()
+    wait_for(lambda: session.stopped, what="session.stop() called")
+    wait_for(lambda: p.stop_button.disabled and not p.start_button.disabled, what="buttons after stop")
+    assert "stopped" in p.header.value
+
+
+def test_agent_rows_buttons_and_log(make_panel):
+    session = FakeSession(agents=2)
+    session.start_run(0, name="<b>bold-run</b>", config={"lr": 0.1}, metrics={"loss": 0.5}, step=7)
+    session.update_agent(0, log_tail=("epoch 1", "<script>x</script>"))
+    p = make_panel(session)
+    assert p.form is None
+    wait_for(lambda: len(p.agents_box.children) == 3)
+    row = p._rows[0]
+    wait_for(lambda: "bold-run" in row.html.value)
+    assert "&lt;b&gt;bold-run" in row.html.value and "lr=0.1" in row.html.value and "loss=0.5" in row.html.value
+    assert str(session.snapshot().agents[0].pid) in row.html.value and ">7<" in row.html.value
+    assert p.start_button.disabled and not p.stop_button.disabled
+    row.drain.click()
+    p._rows[1].kill.click()
+    p._rows[1].restart.click()
+    assert session.calls == [("drain_agent", 0), ("kill_agent", 1), ("restart_agent", 1)]
+    assert row.log.value == ""
+    row.log_toggle.value = True
+    wait_for(lambda: "epoch 1" in row.log.value)
+    assert "&lt;script&gt;" in row.log.value
+    session.update_agent(1, state="exited")
+    wait_for(lambda: p._rows[1].kill.disabled and p._rows[1].drain.disabled)
+
+
+def test_results_ranked_best_marked_failures_kept(make_panel):
+    session = FakeSession(agents=1, metric_goal="minimize")
+    for name, loss, state in [("a", 0.5, "finished"), ("b", 0.2, "finished"), ("c", None, "failed"), ("d", 0.9, "finished")]:
+        run = session.start_run(0, name=name, config={"x": name})
+        session.finish_run(run, state=state, summary={} if loss is None else {"loss": loss},
+                           error="Traceback\nValueError: boom" if state == "failed" else None)
+    p = make_panel(session)
+    wait_for(lambda: "★" in p.results.value)
+    html = p.results.value
+    assert html.index(">b<") < html.index(">a<") < html.index(">d<") < html.index(">c<")
+    assert "ValueError: boom" in html and "color:#cb2431" in html
+    assert "<polyline" in p.chart.value and p.chart.value.count("<circle") == 3
+
+
+def test_showing_a_session_twice_is_one_live_panel(make_panel):
+    session = FakeSession(agents=1)
+    first = panel_for(session, inventory=four_gpus, shell=FakeShell())
+    try:
+        assert panel_for(session) is first
+    finally:
+        first.close()
+    assert panel_for(session, inventory=four_gpus, shell=FakeShell()) is not first
+    panel_mod._PANELS.pop(session.id).close()
+
+
+def test_widgets_unavailable_without_a_kernel():
+    assert widgets_available(shell=types.SimpleNamespace()) is False
+    assert widgets_available(shell=types.SimpleNamespace(kernel=object())) is True
+
+
+def test_rate_limit_under_a_flood(make_panel):
+    """8 agents changing as fast as a thread can: the panel sends ≤ 10 messages in any second."""
+    session = FakeSession(agents=8)
+    runs = [session.start_run(i, name=f"run-{i}", config={"lr": i}) for i in range(8)]
+    p = make_panel(session, interval=0.02)
+    wait_for(lambda: len(p.agents_box.children) == 9)
+    for row in p._rows:
+        row.log_toggle.value = True  # the heaviest case: every log tail shown
+    time.sleep(1.2)
+    start_count, started = p.stats.messages_sent, time.monotonic()
+    stop = threading.Event()
+    changes = {"n": 0}
+
+    def flood():
+        step = 0
+        while not stop.is_set():
+            step += 1
+            i = step % 8
+            session.log_metrics(runs[i], step=step, metrics={"loss": 1.0 / step})
+            session.update_agent(i, log_tail=(f"line {step}",))
+            changes["n"] += 2
+
+    thread = threading.Thread(target=flood)
+    thread.start()
+    time.sleep(3.0)
+    stop.set()
+    thread.join()
+    window = time.monotonic() - started
+    sent = p.stats.messages_sent - start_count
+    assert changes["n"] > 1000  # really a flood
+    assert sent > 5, "the panel stopped updating under load"
+    assert sent <= 10 * window + 10
+    assert p.stats.max_in_window(1.0, since=started) <= 10
+    # Coalesced, not lost: the last values arrive once the flood stops.
+    last = session.snapshot()
+    wait_for(lambda: all(f"line" in row.log.value for row in p._rows))
+    wait_for(lambda: f">{last.runs[7].step}<" in p._rows[7].html.value, timeout=10, what="final step shown")
