@@ -1,0 +1,204 @@
+"""``%%sweep_parallel`` in a real IPython ``InteractiveShell``: parsing, help, and every bad input.
+
+Each bad input must give a one-line ``UsageError`` and start nothing: no session,
+no child process (the conftest orphan check covers leftovers; ``nothing_started``
+checks that nothing was even spawned).
+"""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets.config import Config
+
+from sweep_magic import _function, api, devices
+from sweep_magic.magic import SweepMagics, _gpus
+
+
+class _TestShell(InteractiveShell):
+    """An InteractiveShell whose ``run_cell`` re-raises, as jupysql's test shell does."""
+
+    def run_cell(self, *args, **kwargs):
+        result = super().run_cell(*args, **kwargs)
+        result.raise_error()
+        return result
+
+
+@pytest.fixture(scope="module")
+def ip():
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    shell = _TestShell.instance(config=config)
+    shell.run_line_magic("load_ext", "sweep_magic")
+    yield shell
+    shell.run_line_magic("unload_ext", "sweep_magic")
+    _TestShell.clear_instance()
+
+
+@pytest.fixture
+def nothing_started():
+    """Asserts, after the test, that no session and no child process came into being."""
+    before_sessions = len(api.sessions())
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    assert len(api.sessions()) == before_sessions
+    # wandb-core started by wandb.Api() in this process is not our child (own session): ignored.
+    new = [p for p in me.children(recursive=True) if p.pid not in before]
+    assert new == []
+
+
+@pytest.fixture
+def no_login(tmp_path, monkeypatch):
+    """No W&B credentials anywhere: no env key, an empty netrc."""
+    for name in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("")
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("SWEEP_MAGIC_HOME", str(tmp_path / "home"))
+
+
+def usage_error(ip, cell: str) -> str:
+    with pytest.raises(UsageError) as info:
+        ip.run_cell(cell)
+    message = str(info.value)
+    assert "\n" not in message, "a UsageError is one line"
+    return message
+
+
+# --- parsing -----------------------------------------------------------------------------
+def parse(line: str):
+    return SweepMagics.sweep_parallel.parser.parse_argstring(line)
+
+
+def test_parse_full_line():
+    args = parse("ent/proj/abc --gpus 0,1 --agents-per-gpu 2 --count 10 --project p --entity e --no-widget")
+    assert args.sweep_id == "ent/proj/abc"
+    assert args.gpus == [0, 1] and args.agents_per_gpu == 2 and args.count == 10
+    assert (args.project, args.entity, args.no_widget, args.wait) == ("p", "e", True, None)
+    assert parse("x --wait").wait is True and parse("x --no-wait").wait is False
+    assert parse("--config cfg --cpus 2 -f train").config == "cfg"
+
+
+def test_gpus_words_pass_through():
+    assert _gpus("all") == "all" and _gpus("FREE") == "free" and _gpus("3") == [3]
+
+
+def test_help_has_options_and_examples(ip, capsys):
+    ip.run_cell("%sweep_parallel?")
+    out = capsys.readouterr().out
+    for word in ("--agents-per-gpu", "--gpus", "--wait", "--no-widget", "Examples", "--config"):
+        assert word in out
+
+
+@pytest.mark.parametrize(
+    "cell, expected",
+    [
+        ("%%sweep_parallel abc --cpus 1\nx = 1\n", "defines no function"),
+        ("%%sweep_parallel abc --cpus 1\ndef a():\n    pass\ndef b():\n    pass\n", "defines a, b: say which"),
+        ("%%sweep_parallel abc --cpus 1\ndef train(lr):\n    pass\n", "required arguments (lr)"),
+        ("%%sweep_parallel abc --cpus 0\ndef train():\n    pass\n", "argument --cpus: must be ≥ 1"),
+        ("%%sweep_parallel abc --count 0\ndef train():\n    pass\n", "argument --count: must be ≥ 1"),
+        ("%%sweep_parallel abc --count x\ndef train():\n    pass\n", "expected a whole number"),
+        ("%%sweep_parallel abc --gpus zero\ndef train():\n    pass\n", "expected GPU indices"),
+        ("%%sweep_parallel --cpus 1\ndef train():\n    pass\n", "give a sweep id"),
+        ("%%sweep_parallel abc --config cfg\ndef train():\n    pass\n", "not both"),
+        ("%%sweep_parallel --config nowhere.yaml\ndef train():\n    pass\n", "nor YAML file"),
+        ("%%sweep_parallel abc --cpus 1 --gpus 0\ndef train():\n    pass\n", "not both"),
+        ("%%sweep_parallel abc\ndef train(:\n", "does not parse"),
+        ("%%sweep_parallel abc\nasync def train():\n    pass\n", "async"),
+        ("%sweep_parallel abc --cpus 1", "needs --function NAME"),
+        ("%sweep_parallel abc --function missing", "no function named 'missing'"),
+        ("%sweep_stop s999", "session"),
+    ],
+)
+def test_bad_input_is_one_line_and_starts_nothing(ip, nothing_started, cell, expected):
+    assert expected in usage_error(ip, cell)
+
+
+def test_unpicklable_global_is_named(ip, nothing_started):
+    # The lock hides behind a helper from an earlier cell: the message names the lock itself.
+    ip.run_cell("import threading\nlock = threading.Lock()\ndef helper():\n    return lock")
+    message = usage_error(ip, "%%sweep_parallel abc --cpus 1\ndef train():\n    helper()\n")
+    assert "uses `lock` (a lock)" in message and "cannot be pickled" in message
+
+
+def test_unpicklable_closure_is_named(ip, nothing_started):
+    ip.run_cell("import threading\ndef make():\n    conn = threading.Lock()\n    def run():\n        return conn\n    return run\nfn = make()")
+    message = usage_error(ip, "%sweep_parallel abc --function fn --cpus 1")
+    assert "`conn`" in message
+
+
+def test_huge_pickle_names_biggest_globals(ip, nothing_started, monkeypatch):
+    monkeypatch.setattr(_function, "MAX_PICKLE_BYTES", 1_000_000)  # the limit is a setting; 50 MB is slow to build
+    message = usage_error(
+        ip,
+        "%%sweep_parallel abc --cpus 1\n"
+        "dataset = b'x' * 3_000_000\n"
+        "small = list(range(10))\n"
+        "def train():\n"
+        "    return len(dataset) + len(small)\n",
+    )
+    assert "`dataset` (3 MB)" in message and "small" not in message and "limit 1 MB" in message
+
+
+def test_gpus_that_are_not_there(ip, nothing_started):
+    missing = len(devices.gpu_inventory()) + 5
+    message = usage_error(ip, f"%%sweep_parallel abc --gpus {missing}\ndef train():\n    pass\n")
+    assert "gpu" in message.lower()
+
+
+@pytest.mark.skipif(bool(devices.gpu_inventory()), reason="this machine has GPUs")
+def test_gpus_on_a_machine_without_gpus(ip, nothing_started):
+    message = usage_error(ip, "%%sweep_parallel abc --gpus all\ndef train():\n    pass\n")
+    assert "gpu" in message.lower()
+
+
+def test_cloud_sweep_without_login(ip, nothing_started, no_login):
+    ip.user_ns["sid"] = "ent/proj/cloud123"
+    message = usage_error(ip, "%%sweep_parallel {sid} --cpus 1\ndef train():\n    pass\n")
+    # {sid} was expanded by IPython before the magic saw the line.
+    assert "'ent/proj/cloud123' is not a local sweep and there is no W&B login" in message
+
+
+def test_dollar_expansion_and_line_magic(ip, nothing_started, no_login):
+    ip.user_ns["sid"] = "proj/dollar1"
+    ip.run_cell("def train():\n    pass")
+    message = usage_error(ip, "%sweep_parallel $sid --function train --cpus 1")
+    assert "'proj/dollar1'" in message
+
+
+def test_unknown_sweep_with_login(ip, nothing_started, no_login, monkeypatch):
+    """A login that works (the embedded server posing as a self-hosted W&B), and a sweep it lacks."""
+    from sweep_magic.server import local_server
+
+    server = local_server()
+    monkeypatch.setenv("WANDB_BASE_URL", server.url)
+    monkeypatch.setenv("WANDB_API_KEY", server.api_key)
+    message = usage_error(ip, "%%sweep_parallel someone/proj/nope404 --cpus 1\ndef train():\n    pass\n")
+    assert "nope404" in message and "not found" in message
+
+
+def test_status_and_stop_with_no_sessions(ip, capsys):
+    if api.sessions():
+        pytest.skip("sessions from other tests exist in this process")
+    ip.run_cell("%sweep_status")
+    ip.run_cell("%sweep_stop")
+    out = capsys.readouterr().out
+    assert "no sweep sessions yet" in out and "no running sessions" in out
+
+
+def test_unload_removes_the_magics():
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    shell = InteractiveShell(config=config)
+    shell.run_line_magic("load_ext", "sweep_magic")
+    assert "sweep_parallel" in shell.magics_manager.magics["cell"]
+    shell.run_line_magic("unload_ext", "sweep_magic")
+    assert "sweep_parallel" not in shell.magics_manager.magics["cell"]
+    assert "sweep_status" not in shell.magics_manager.magics["line"]
