@@ -206,6 +206,13 @@ def launch(
     session_dir = _session_dir(session_id)
     log_dir = os.path.join(session_dir, "logs")
     os.makedirs(log_dir, mode=0o700, exist_ok=True)
+    if target.local:
+        # Runs that cannot report through the side channel are read from their files here.
+        from sweep_magic.server import local_server
+
+        add = getattr(local_server(), "add_wandb_dir", None)
+        if callable(add):
+            add(session_dir)
 
     from sweep_magic.supervisor import Supervisor
     from sweep_magic.worker import WorkerSpec  # the process layer's; imported only when used
@@ -321,10 +328,17 @@ def _local_target(sweep_id: str, bare: str, project, entity) -> _Target | None:
         return None
     config = server.sweep_config(bare) or {}
     name, goal = _metric(config)
+    # The sweep's own entity/project (not in the contract's sweep_config) keep offline
+    # runs filed where `wandb sync` would put the sweep; the caller's words win.
+    try:
+        row = server.controller.sweep(bare)
+        project, entity = project or row.get("project"), entity or row.get("entity")
+    except Exception:
+        pass
     return _Target(
         sweep_id=bare,
-        project=project or config.get("project"),
-        entity=entity or config.get("entity"),
+        project=project,
+        entity=entity,
         # No stats sampling and no telemetry: the server is on this machine and the runs offline.
         env={**server.env(), "WANDB_ERROR_REPORTING": "false", "WANDB__DISABLE_STATS": "true"},
         remove_env=STALE_ENV + ("WANDB_IDENTITY_TOKEN_FILE",),
