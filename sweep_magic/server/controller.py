@@ -48,6 +48,17 @@ DEFAULT_AGENT_TIMEOUT = 75.0  # 3 missed 5 s heartbeats + wandb-core's 60 s retr
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
+def _sweeps():
+    """The engine, imported on first use; sweeps 0.2 sets a pydantic-v1 config key that v2 warns about."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Valid config keys have changed")
+        warnings.filterwarnings("ignore", message="Support for class-based `config`")
+        import sweeps
+    return sweeps
+
+
 class ControllerError(SweepMagicError):
     """A request the server refuses; ``str()`` is shown to the client."""
 
@@ -90,8 +101,7 @@ def split_config(config) -> tuple[dict, int | None, int]:
 
 def validate_config(config) -> list[str]:
     """Warnings (schema violations) for a config the engine can run; BadInput otherwise."""
-    import sweeps
-
+    sweeps = _sweeps()
     engine, _, _ = split_config(config)
     warnings = list(sweeps.schema_violations_from_proposed_config(engine))
     try:
@@ -100,8 +110,9 @@ def validate_config(config) -> list[str]:
         if engine.get("early_terminate"):
             sweeps.stop_runs(engine, [])
     except Exception as err:  # the engine raises ValueError, KeyError, TypeError, jsonschema errors
-        reason = str(err) or type(err).__name__
-        extra = f" (schema: {'; '.join(warnings)})" if warnings else ""
+        # jsonschema appends the whole schema after a blank line: the first line is the reason.
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        extra = f" (schema: {'; '.join(w.splitlines()[0] for w in warnings)})" if warnings else ""
         raise BadInput(f"invalid sweep config: {reason}{extra}") from None
     return warnings
 
@@ -261,8 +272,7 @@ class Controller:
 
     # -- engine -------------------------------------------------------------------------------
     def _engine_runs(self, sweep: dict, with_history: bool) -> list:
-        from sweeps import SweepRun
-
+        SweepRun = _sweeps().SweepRun
         engine, _, retry = split_config(sweep["config"])
         runs = self.store.runs_of_sweep(sweep["id"])
         failures = Counter(r["point"] for r in runs if r["state"] in ("failed", "crashed"))
@@ -281,8 +291,7 @@ class Controller:
         return out
 
     def _suggest(self, sweep: dict, dry: bool = False) -> dict | None:
-        import sweeps
-
+        sweeps = _sweeps()
         engine, run_cap, _ = split_config(sweep["config"])
         needs_history = engine.get("method") == "bayes"
         runs = self._engine_runs(sweep, with_history=needs_history)
@@ -298,8 +307,7 @@ class Controller:
         return None if suggestion is None else _jsonable(suggestion.config)
 
     def _early_stop(self, sweep: dict) -> None:
-        import sweeps
-
+        sweeps = _sweeps()
         engine, _, _ = split_config(sweep["config"])
         if not engine.get("early_terminate") or sweep["id"] not in self._early_stop_dirty:
             return
