@@ -29,6 +29,7 @@ from sweep_magic.server.graphql_core import GraphQLCore, http_status
 log = logging.getLogger(__name__)
 
 MAX_BODY = 8 * 1024 * 1024
+_DRAIN_LIMIT = 4 * MAX_BODY
 _AGENT_ROUTE = re.compile(r"^/sweep_magic/v1/agents/([A-Za-z0-9_-]{1,64})/(hello)$")
 _RUN_ROUTE = re.compile(r"^/sweep_magic/v1/runs/([A-Za-z0-9_-]{1,64})/(start|history|finish)$")
 
@@ -68,8 +69,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return None
         if n < 0 or n > MAX_BODY:
+            self._discard_body(n)
             self._reply(413, {"error": f"request body over {MAX_BODY} bytes"})
-            self.close_connection = True  # the unread body would be taken for the next request
             return None
         body = self.rfile.read(n)
         if self.headers.get("Content-Encoding", "").lower() == "gzip":
@@ -83,6 +84,18 @@ class _Handler(BaseHTTPRequestHandler):
                 return None
         return body
 
+    def _discard_body(self, n: int) -> None:
+        """Read and drop a body we refuse, so the client can read our answer instead of
+        meeting a broken pipe; past a bound, just close the connection after answering."""
+        self.close_connection = True
+        if n <= 0 or n > _DRAIN_LIMIT:
+            return
+        while n > 0:
+            chunk = self.rfile.read(min(n, 1 << 16))
+            if not chunk:
+                break
+            n -= len(chunk)
+
     def do_GET(self):
         self._unauthorized_or(lambda: self._reply(404, {"error": "not found"}))
 
@@ -91,7 +104,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _unauthorized_or(self, then) -> None:
         if not _authorized(self.headers.get("Authorization"), self.server.api_key):
-            self.close_connection = True  # do not read (or trust) the body of a stranger
+            try:
+                n = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                n = -1
+            self._discard_body(n)  # dropped unparsed: nothing from a stranger is acted on
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="sweep_magic"')
             self.send_header("Content-Type", "application/json")
@@ -114,7 +131,10 @@ class _Handler(BaseHTTPRequestHandler):
         agent = _AGENT_ROUTE.match(path)
         run = _RUN_ROUTE.match(path)
         if not (agent or run):
-            self.close_connection = True
+            try:
+                self._discard_body(int(self.headers.get("Content-Length") or 0))
+            except ValueError:
+                self.close_connection = True
             self._reply(404, {"error": "not found"})
             return
         body = self._read_body()
