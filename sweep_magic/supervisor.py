@@ -1,0 +1,533 @@
+"""Agent processes as small state machines: spawn, watch, restart, stop; snapshots.
+
+    kernel process                                          worker process group (one per agent)
+    ┌───────────────────────────────────────────┐           ┌─────────────────────────────────┐
+    │ Supervisor                                │  spec file│ python -m sweep_magic.worker    │
+    │  control thread ── Popen ─────────────────┼──(0600)──►│   wandb.agent → run thread       │
+    │   (spawns, restarts with backoff,          │           │   flusher thread ─┐             │
+    │    polls log tails)                        │  events   │                   ▼             │
+    │  reader thread × N ◄──────────────────────┼───pipe────┤ events fd (JSON lines)          │
+    │  waiter thread × N (exit code → reason,    │ lifeline  │                                 │
+    │    kills the group's leftovers, reaps      │───pipe───►│ watchdog: EOF → kill group      │
+    │    wandb-core)                             │           │ stdout/stderr → agent-N.log     │
+    │  snapshot() → SessionSnapshot (immutable)  │           └─────────────────────────────────┘
+    └───────────────────────────────────────────┘            wandb-core: own session, --pid <worker>
+
+Agent states (``snapshot.AGENT_STATES``)::
+
+    starting → idle ⇄ running → (draining) → exited | failed | killed
+         ▲                          │ crash (exit code ≠ 0 without AgentExiting error)
+         └──── restarting ◄─────────┘ backoff 0.5 s, 1 s, 2 s …; more than max_restarts
+                                      crashes in a row → failed
+
+Every process is spawned from the control thread, which lives as long as any agent:
+PR_SET_PDEATHSIG fires when the *thread* that forked a child ends, not the process.
+Children never outlive the kernel: the lifeline pipe's write end exists only here, the
+worker sets PDEATHSIG, and ``atexit`` stops everything.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Callable
+
+from sweep_magic import _env, _proc
+from sweep_magic.devices import AgentSlot
+from sweep_magic.events import AgentExiting, AgentRegistered, Metrics, RunFinished, RunStarted, parse_line
+from sweep_magic.snapshot import AGENT_ENDED, AgentSnapshot, RunSnapshot, SessionSnapshot
+
+TAIL_LINES = 50
+TAIL_POLL_SECONDS = 0.5
+
+
+class _Agent:
+    """One agent slot's mutable state; guarded by ``Supervisor._lock``."""
+
+    def __init__(self, slot: AgentSlot, log_path: str):
+        self.slot = slot
+        self.index = slot.index
+        self.state = "starting"
+        self.proc: subprocess.Popen | None = None
+        self.lifeline: int | None = None  # our write end; closing it is the worker's EOF
+        self.waiter: threading.Thread | None = None
+        self.current_run: str | None = None
+        self.runs_done = 0
+        self.restarts = 0
+        self.crashes = 0  # in a row, without a run finishing in between
+        self.exit_code: int | None = None
+        self.reason: str | None = None
+        self.intent: str | None = None  # "drain" | "stop" | "kill" | "restart": why it will end
+        self.exit_error: str | None = None  # AgentExiting.error of the current process
+        self.exit_reason: str | None = None
+        self.log_path = log_path
+        self.log_pos = 0
+        self.log_partial = b""
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.due: float | None = None  # a pending (re)spawn time
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        spec_for_slot: Callable[[AgentSlot], object],
+        slots: list[AgentSlot],
+        *,
+        session_id: str,
+        sweep_id: str,
+        log_dir: str,
+        metric_name: str | None = None,
+        metric_goal: str | None = None,
+        max_restarts: int = 3,
+        on_change: Callable[[], None] | None = None,
+    ):
+        self._spec_for_slot = spec_for_slot
+        self._session_id = session_id
+        self._sweep_id = sweep_id
+        self._log_dir = log_dir
+        self._metric = (metric_name, metric_goal)
+        self._max_restarts = max_restarts
+        self._on_change = on_change
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._agents = [_Agent(s, os.path.join(log_dir, f"agent-{i}.log")) for i, s in enumerate(slots)]
+        self._runs: dict[str, dict] = {}
+        self._state = "running"
+        self._stop_requested = False
+        self._started_at: float | None = None
+        self._ended_at: float | None = None
+        self._version = 0
+        self._snap: SessionSnapshot | None = None
+        self._pending_fire = False
+        self._wake: queue.Queue = queue.Queue()
+        self._control: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ public API
+    def start(self) -> None:
+        os.makedirs(self._log_dir, mode=0o700, exist_ok=True)
+        with self._lock:
+            self._started_at = time.time()
+            for agent in self._agents:
+                agent.due = 0.0
+            self._changed()
+        atexit.register(self._atexit)
+        self._ensure_control()
+        self._notify()
+        self._fire()
+
+    def snapshot(self) -> SessionSnapshot:
+        with self._lock:
+            if self._snap is None or self._snap.version != self._version:
+                self._snap = self._build_snapshot()
+            return self._snap
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._all_ended():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left if left is not None else 1.0)
+            return True
+
+    def stop(self, drain: bool = False, timeout: float | None = 15.0) -> None:
+        """Stop every agent; SIGINT → SIGTERM → SIGKILL on each process group within ``timeout``.
+
+        ``drain=True`` first lets each agent finish its current run (SIGUSR1) and waits up to
+        ``timeout`` (None: as long as the runs take) before the escalation, which then has 10 s.
+        Returns when every process, wandb-core sidecars included, is gone.
+        """
+        with self._lock:
+            self._stop_requested = True
+            if not self._all_ended():
+                self._state = "stopping"
+            for agent in self._agents:
+                if agent.due is not None:  # a pending (re)start that will not happen now
+                    agent.due = None
+                    self._end(agent, "killed" if agent.restarts else "exited", agent.reason or "stopped")
+                elif agent.alive and agent.intent != "kill":
+                    agent.intent = "drain" if drain else "stop"
+                    if drain:
+                        agent.state = "draining"
+            self._changed()
+        self._notify()
+        self._fire()
+        if drain:
+            for agent in self._alive():
+                _signal_pid(agent.proc.pid, signal.SIGUSR1)
+            self.wait(timeout)
+            timeout = 10.0
+        budget = 15.0 if timeout is None else max(timeout, 1.0)
+        for sig, share in ((signal.SIGINT, 0.4), (signal.SIGTERM, 0.3)):
+            alive = self._alive()
+            if not alive:
+                break
+            for agent in alive:
+                _proc.signal_group(agent.proc.pid, sig)
+            _proc.wait_until(lambda: not self._alive(), budget * share)
+        for agent in self._alive():
+            _proc.signal_group(agent.proc.pid, signal.SIGKILL)
+        self.wait(budget * 0.3 + 5)
+        self._fire()
+
+    def drain_agent(self, i: int) -> None:
+        """Let agent ``i`` finish its current run, then exit (no new runs)."""
+        with self._lock:
+            agent = self._agents[i]
+            if not agent.alive:
+                return
+            agent.intent, agent.state = "drain", "draining"
+            pid = agent.proc.pid
+            self._changed()
+        _signal_pid(pid, signal.SIGUSR1)
+        self._notify()
+        self._fire()
+
+    def kill_agent(self, i: int) -> None:
+        """SIGKILL agent ``i``'s process group; its run in progress becomes ``killed``."""
+        with self._lock:
+            agent = self._agents[i]
+            if agent.due is not None:
+                agent.due = None
+                self._end(agent, "killed", "killed by user")
+                self._changed()
+            if agent.alive:
+                agent.intent = "kill"
+                _proc.signal_group(agent.proc.pid, signal.SIGKILL)
+        self._notify()
+        self._fire()
+
+    def restart_agent(self, i: int) -> None:
+        """Start agent ``i`` afresh (killing the current process, if any)."""
+        with self._lock:
+            agent = self._agents[i]
+            if self._stop_requested:
+                return
+            if agent.alive:
+                agent.intent = "restart"
+                pid = agent.proc.pid
+            else:
+                pid = None
+                agent.crashes = 0
+                agent.restarts += 1
+                agent.state, agent.due = "restarting", 0.0
+                self._changed()
+        if pid is not None:
+            _proc.signal_group(pid, signal.SIGKILL)
+        self._ensure_control()
+        self._notify()
+        self._fire()
+
+    # ------------------------------------------------------------------ control thread
+    def _ensure_control(self) -> None:
+        with self._lock:
+            if self._control is None or not self._control.is_alive():
+                self._control = threading.Thread(
+                    target=self._control_loop, name=f"sweep-magic-{self._session_id}-control", daemon=True
+                )
+                self._control.start()
+
+    def _notify(self) -> None:
+        self._wake.put(None)
+
+    def _control_loop(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                due = [a for a in self._agents if a.due is not None and a.due <= now]
+                for agent in due:
+                    agent.due = None
+                busy = any(a.alive or a.due is not None or (a.waiter and a.waiter.is_alive()) for a in self._agents)
+            for agent in due:
+                self._spawn(agent)
+            self._poll_tails()
+            if not busy and not due:
+                return  # nothing alive: no child can lose its parent thread now
+            try:
+                self._wake.get(timeout=TAIL_POLL_SECONDS)
+            except queue.Empty:
+                pass
+
+    def _spawn(self, agent: _Agent) -> None:
+        # Under the lock, so stop() either sees this process alive or prevents it.
+        with self._lock:
+            if self._stop_requested:
+                self._end(agent, "killed" if agent.restarts else "exited", agent.reason or "stopped")
+                self._changed()
+            else:
+                try:
+                    spec = self._spec_for_slot(agent.slot)
+                    proc, lifeline = self._popen(agent, spec)
+                except Exception as err:
+                    self._end(agent, "failed", f"could not start: {type(err).__name__}: {err}")
+                    self._changed()
+                else:
+                    agent.proc, agent.lifeline = proc, lifeline
+                    agent.state, agent.intent, agent.current_run = "starting", None, None
+                    agent.exit_code = agent.exit_error = agent.exit_reason = None
+                    reader = threading.Thread(
+                        target=self._read_events, args=(agent, proc, proc._events_fd), daemon=True
+                    )
+                    reader.start()
+                    agent.waiter = threading.Thread(target=self._wait_proc, args=(agent, proc, reader), daemon=True)
+                    agent.waiter.start()
+                    self._changed()
+        self._fire()
+
+    def _popen(self, agent: _Agent, spec) -> tuple[subprocess.Popen, int]:
+        import cloudpickle
+
+        fd, spec_path = tempfile.mkstemp(prefix=f".spec-{agent.index}-", dir=self._log_dir)  # 0600
+        with os.fdopen(fd, "wb") as f:
+            cloudpickle.dump(spec, f)
+        events_r, events_w = os.pipe()
+        life_r, life_w = os.pipe()
+        log_fd = os.open(agent.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(log_fd, f"[sweep_magic] agent {agent.index} ({agent.slot.label}) starting\n".encode())
+            cmd = [
+                sys.executable, "-m", "sweep_magic.worker", "--spec", spec_path,
+                "--events-fd", str(events_w), "--lifeline-fd", str(life_r),
+            ]  # fmt: skip
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                env=_env.child_env(os.environ, spec),
+                pass_fds=(events_w, life_r),
+                start_new_session=True,  # its own process group: signals reach the user's children too
+            )
+        except BaseException:
+            for x in (events_r, life_w):
+                os.close(x)
+            _unlink(spec_path)
+            raise
+        finally:
+            for x in (events_w, life_r, log_fd):
+                os.close(x)
+        proc._events_fd = events_r
+        proc._spec_path = spec_path
+        return proc, life_w
+
+    # ------------------------------------------------------------------ per-process threads
+    def _read_events(self, agent: _Agent, proc: subprocess.Popen, fd: int) -> None:
+        with os.fdopen(fd, "rb") as stream:
+            for line in stream:
+                event = parse_line(line)
+                if event is not None:
+                    self._on_event(agent, proc, event)
+
+    def _wait_proc(self, agent: _Agent, proc: subprocess.Popen, reader: threading.Thread) -> None:
+        code = proc.wait()
+        # The user's own children (data loaders, ...) die with the agent; they also hold
+        # copies of the events pipe if they were forked, which would keep the reader waiting.
+        _proc.signal_group(proc.pid, signal.SIGKILL)
+        reader.join(timeout=5)
+        _unlink(proc._spec_path)
+        with self._lock:
+            self._on_exit(agent, proc, code)
+            self._changed()
+        self._fire()
+        _proc.reap_sidecars(proc.pid)
+        with self._lock:
+            # ``wait()`` and ``stop()`` return only once the sidecars are gone too.
+            agent.waiter = None if agent.proc is proc or agent.proc is None else agent.waiter
+            self._maybe_finish()
+            self._changed()
+        self._notify()
+        self._fire()
+
+    # ------------------------------------------------------------------ state machine
+    def _on_event(self, agent: _Agent, proc, event) -> None:
+        with self._lock:
+            if agent.proc is not proc:
+                return  # a previous process of this slot
+            if isinstance(event, AgentRegistered):
+                if agent.state == "starting":
+                    agent.state = "idle"
+            elif isinstance(event, RunStarted):
+                self._runs[event.run_id] = dict(
+                    run_id=event.run_id, agent=agent.index, name=event.name, config=dict(event.config),
+                    state="running", step=None, metrics={}, summary={}, started_at=event.t,
+                    ended_at=None, error=None, dir=event.dir, url=event.url,
+                )  # fmt: skip
+                agent.current_run = event.run_id
+                if agent.state != "draining":
+                    agent.state = "running"
+            elif isinstance(event, Metrics):
+                run = self._runs.get(event.run_id)
+                if run is None:
+                    return
+                run["metrics"] = {**run["metrics"], **event.values}
+                run["step"] = event.step
+            elif isinstance(event, RunFinished):
+                run = self._runs.get(event.run_id)
+                if run is None:
+                    return
+                run.update(state=event.state, summary=dict(event.summary), ended_at=event.t, error=event.error)
+                if agent.current_run == event.run_id:
+                    agent.current_run = None
+                agent.runs_done += 1
+                agent.crashes = 0
+                if agent.state == "running":
+                    agent.state = "idle"
+            elif isinstance(event, AgentExiting):
+                agent.exit_reason, agent.exit_error = event.reason, event.error
+            else:
+                return
+            self._changed()
+        self._fire()
+
+    def _on_exit(self, agent: _Agent, proc, code: int) -> None:
+        if agent.proc is not proc:
+            return
+        agent.exit_code = code
+        if agent.lifeline is not None:
+            os.close(agent.lifeline)
+            agent.lifeline = None
+        self._read_tail(agent)
+        why = _proc.describe_exit(code)
+        intent = agent.intent
+        if agent.current_run and agent.current_run in self._runs:
+            run = self._runs[agent.current_run]
+            if intent in ("stop", "kill", "restart", "drain"):
+                run.update(state="killed", error=f"stopped by sweep_magic ({why})")
+            else:
+                run.update(state="crashed", error=f"the agent process died: {why}")
+            run["ended_at"] = time.time()
+            agent.current_run = None
+        if intent == "restart":
+            agent.restarts += 1
+            agent.crashes = 0
+            agent.state, agent.reason, agent.due = "restarting", "restarted by user", 0.0
+        elif intent == "kill":
+            self._end(agent, "killed", "killed by user")
+        elif intent in ("stop", "drain"):
+            if code == 0:
+                self._end(agent, "exited", agent.exit_reason or "stopped")
+            else:
+                self._end(agent, "killed", f"stopped ({why})")
+        elif agent.exit_error:
+            # The agent could not run at all (bad sweep, missing hook): restarting would fail again.
+            self._end(agent, "failed", agent.exit_error.strip().splitlines()[0])
+        elif code == 0:
+            self._end(agent, "exited", agent.exit_reason or "exited")
+        elif self._stop_requested or agent.crashes >= self._max_restarts:
+            limit = f"; gave up after {agent.restarts} restarts" if agent.crashes >= self._max_restarts else ""
+            self._end(agent, "failed", why + limit)
+        else:
+            agent.crashes += 1
+            agent.restarts += 1
+            agent.state, agent.reason = "restarting", why
+            agent.due = time.monotonic() + min(30.0, 0.5 * 2 ** (agent.crashes - 1))
+
+    def _end(self, agent: _Agent, state: str, reason: str) -> None:
+        agent.state, agent.reason = state, reason
+        agent.intent = None
+        self._maybe_finish()
+
+    def _all_ended(self) -> bool:
+        return all(a.state in AGENT_ENDED and a.due is None and a.waiter is None for a in self._agents)
+
+    def _maybe_finish(self) -> None:
+        if self._all_ended() and self._state in ("running", "stopping"):
+            self._state = "stopped" if self._stop_requested else "finished"
+            self._ended_at = time.time()
+
+    def _changed(self) -> None:
+        self._version += 1
+        self._pending_fire = True
+        self._cond.notify_all()
+
+    def _fire(self) -> None:
+        """Tell ``on_change`` (outside the lock: a subscriber may take locks of its own)."""
+        with self._lock:
+            pending, self._pending_fire = self._pending_fire, False
+        if pending and self._on_change is not None:
+            try:
+                self._on_change()
+            except Exception:
+                pass  # a broken subscriber must not kill a reader or waiter thread
+
+    # ------------------------------------------------------------------ logs and snapshots
+    def _poll_tails(self) -> None:
+        with self._lock:
+            changed = any(self._read_tail(a) for a in self._agents)
+            if changed:
+                self._changed()
+        self._fire()
+
+    def _read_tail(self, agent: _Agent) -> bool:
+        try:
+            size = os.path.getsize(agent.log_path)
+        except OSError:
+            return False
+        if size <= agent.log_pos:
+            return False
+        with open(agent.log_path, "rb") as f:
+            # Only the end matters: skip what the tail could never show.
+            f.seek(max(agent.log_pos, size - 64 * 1024))
+            data = agent.log_partial + f.read(size - f.tell())
+        agent.log_pos = size
+        *lines, agent.log_partial = data.split(b"\n")
+        for line in lines:
+            agent.tail.append(line.decode("utf-8", "replace").rstrip("\r"))
+        return bool(lines)
+
+    def _alive(self) -> list[_Agent]:
+        with self._lock:
+            return [a for a in self._agents if a.alive or (a.waiter is not None and a.waiter.is_alive())]
+
+    def _build_snapshot(self) -> SessionSnapshot:
+        agents = tuple(
+            AgentSnapshot(
+                index=a.index, device=a.slot.label, state=a.state,
+                pid=a.proc.pid if a.proc is not None else None, current_run=a.current_run,
+                runs_done=a.runs_done, restarts=a.restarts, exit_code=a.exit_code, reason=a.reason,
+                log_path=a.log_path, log_tail=tuple(a.tail),
+            )  # fmt: skip
+            for a in self._agents
+        )
+        runs = tuple(
+            RunSnapshot(**{**r, "config": dict(r["config"]), "metrics": dict(r["metrics"]), "summary": dict(r["summary"])})
+            for r in self._runs.values()
+        )
+        return SessionSnapshot(
+            session_id=self._session_id, sweep_id=self._sweep_id, state=self._state, agents=agents, runs=runs,
+            metric_name=self._metric[0], metric_goal=self._metric[1], started_at=self._started_at,
+            ended_at=self._ended_at, version=self._version,
+        )  # fmt: skip
+
+    def _atexit(self) -> None:
+        if not self.snapshot().done:
+            self.stop(timeout=5.0)
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+

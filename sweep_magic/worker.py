@@ -1,0 +1,212 @@
+"""The worker: one sweep agent in a fresh interpreter.
+
+    python -m sweep_magic.worker --spec PATH --events-fd N --lifeline-fd M
+
+Started by the supervisor (never forked from the kernel: a fork would inherit its
+threads, CUDA state and IPython).  In order, it
+
+1. arms its own death: a watchdog thread reads the lifeline fd (EOF = the parent
+   is gone → kill our process group, exit) and, on Linux, PR_SET_PDEATHSIG;
+2. reads and deletes the 0600 spec file (a cloudpickled ``WorkerSpec``);
+3. applies the slot: environment (thread caps, CUDA_VISIBLE_DEVICES, the kernel's
+   wandb state scrubbed) and CPU affinity, *before* the function is unpickled, so
+   libraries it imports size their thread pools to the slot;
+4. hooks wandb (``_hooks``) and runs the real ``wandb.agent``;
+5. sends ``AgentExiting`` and exits.
+
+Events go to the events fd only; the user's stdout/stderr are the log file the
+supervisor opened for us.  Signals: SIGUSR1 = drain (finish the current run, then
+exit); SIGINT = pyagent's Ctrl-C (stop the run, exit); SIGTERM/SIGKILL = die.
+Exit codes: 0 = the agent ended (count reached, sweep done, drained, stopped);
+3 = the agent could not run (``AgentExiting.error`` says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from sweep_magic.events import AgentExiting, AgentStarted
+
+EXIT_AGENT_ERROR = 3
+
+
+@dataclass
+class WorkerSpec:
+    function_pickle: bytes
+    sweep_id: str
+    count: int | None = None
+    project: str | None = None
+    entity: str | None = None
+    env: dict = field(default_factory=dict)  # final overrides: WANDB_* and slot vars
+    remove_env: list = field(default_factory=list)
+    cpus: list[int] | None = None
+    metric_name: str | None = None
+    report_url: str | None = None  # the embedded server's URL when the side channel exists
+    heartbeat_seconds: float = 5.0
+
+
+def _watch_lifeline(fd: int) -> None:
+    def watch():
+        while True:
+            try:
+                if not os.read(fd, 4096):
+                    break
+            except InterruptedError:
+                continue
+            except OSError:
+                break
+        # The parent is gone: take everything we started (the user's children too) with us.
+        try:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+
+    threading.Thread(target=watch, name="sweep-magic-lifeline", daemon=True).start()
+
+
+def _die_with_parent() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except Exception:
+        pass  # the lifeline still covers it
+
+
+def read_spec(path: str) -> WorkerSpec:
+    import cloudpickle
+
+    try:
+        with open(path, "rb") as f:
+            return cloudpickle.load(f)
+    finally:
+        # It holds the API key: gone as soon as it is read, whatever happens next.
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _apply_slot(spec: WorkerSpec) -> None:
+    from sweep_magic import _env
+
+    _env.scrub_own_env(spec)
+    extra = [p for p in os.environ.get(_env.SYS_PATH_VAR, "").split(os.pathsep) if p and p not in sys.path]
+    sys.path.extend(extra)  # appended: the worker's own imports win over the kernel's path
+    if spec.cpus and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, spec.cpus)
+        except OSError as err:
+            print(f"sweep_magic: could not pin to cores {spec.cpus}: {err}", file=sys.stderr)
+
+
+def _load_function(spec: WorkerSpec):
+    import cloudpickle
+
+    return cloudpickle.loads(spec.function_pickle)
+
+
+def _teardown_wandb(timeout: float = 5.0) -> None:
+    """Close our wandb-core now rather than have it notice our death ~1.5 s later; bounded,
+    because a run thread that ignored pyagent's stop may hold wandb's locks."""
+    import wandb
+
+    closer = threading.Thread(target=wandb.teardown, daemon=True)
+    closer.start()
+    closer.join(timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweep_magic.worker")
+    parser.add_argument("--spec", required=True)
+    parser.add_argument("--events-fd", type=int, required=True)
+    parser.add_argument("--lifeline-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    # Neither fd may reach wandb-core or the user's subprocesses: a child holding the
+    # events pipe would hide our exit from the supervisor.
+    os.set_inheritable(args.events_fd, False)
+    os.set_inheritable(args.lifeline_fd, False)
+    _watch_lifeline(args.lifeline_fd)
+    _die_with_parent()
+    faulthandler.enable()  # a segfault leaves a Python traceback in the log
+
+    spec = read_spec(args.spec)
+    _apply_slot(spec)
+
+    from sweep_magic import _hooks
+
+    reporter = _hooks.Reporter(args.events_fd, spec)
+    reporter.emit(AgentStarted(pid=os.getpid(), sweep_id=spec.sweep_id))
+    interrupted = threading.Event()
+
+    def exiting(reason: str, error: str | None = None) -> None:
+        if error:
+            print(f"sweep_magic: {error}", file=sys.stderr, flush=True)  # the log tail shows it
+        reporter.close()
+        reporter.emit(AgentExiting(reason=reason, error=error))
+
+    try:
+        function = _load_function(spec)
+    except Exception:
+        exiting("error", "the function could not be loaded in the worker:\n" + traceback.format_exc())
+        return EXIT_AGENT_ERROR
+    try:
+        _hooks.install(reporter, spec)
+    except _hooks.HookMissing as err:
+        exiting("error", str(err))
+        return EXIT_AGENT_ERROR
+
+    def on_sigint(signum, frame):
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: _hooks.start_drain(reporter))
+
+    import wandb
+
+    started = time.monotonic()
+    try:
+        wandb.agent(
+            spec.sweep_id,
+            function=_hooks.wrap_function(function, reporter),
+            count=spec.count,
+            project=spec.project,
+            entity=spec.entity,
+        )
+    except KeyboardInterrupt:
+        interrupted.set()
+    except Exception as err:
+        exiting("error", f"wandb.agent failed: {type(err).__name__}: {err}\n" + traceback.format_exc())
+        return EXIT_AGENT_ERROR
+    _teardown_wandb()
+    if interrupted.is_set():
+        reason = "stopped"
+    elif reporter.draining:
+        reason = "drained"
+    else:
+        reason = f"agent finished after {time.monotonic() - started:.1f}s"
+    exiting(reason)
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: a hung run thread (the function ignored pyagent's stop)
+    # would otherwise keep a finished agent alive forever.
+    os._exit(code)
