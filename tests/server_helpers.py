@@ -132,3 +132,73 @@ def train():
 
 wandb.agent(sweep_id, function=train, count=count)
 """
+
+
+# A stand-in for sweep_magic's worker (not ours to test here): the real pyagent with a short
+# heartbeat, a hello (prefetch) after registering, and run events on the side channel.  The
+# train function records when it starts and ends, for gap measurements.
+WORKER = """
+import base64, json, os, sys, time, urllib.request
+import wandb
+from wandb.agents import pyagent
+from wandb.sdk import wandb_run
+
+URL, KEY = os.environ["WANDB_BASE_URL"], os.environ["WANDB_API_KEY"]
+AUTH = "Basic " + base64.b64encode(("api:" + KEY).encode()).decode()
+HB = float(os.environ.get("SM_HEARTBEAT", "0.5"))
+PREFETCH = os.environ.get("SM_PREFETCH", "1") == "1"
+TIMES = os.environ.get("SM_TIMES")
+
+def post(path, payload):
+    req = urllib.request.Request(URL + path, data=json.dumps(payload).encode(), method="POST",
+                                 headers={"Authorization": AUTH, "Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(req, timeout=10).read()
+    except Exception as err:
+        print("side channel:", path, err, file=sys.stderr)
+
+pyagent.Agent.HEARTBEAT_SLEEP_SECONDS = HB
+_register = pyagent.Agent._register
+def register(self):
+    _register(self)
+    if os.environ.get("SM_HELLO", "1") == "1":
+        post(f"/sweep_magic/v1/agents/{self._agent_id}/hello",
+             {"prefetch": PREFETCH, "pid": os.getpid(), "heartbeat_seconds": HB})
+pyagent.Agent._register = register
+
+_init = wandb.init
+def init(*args, **kwargs):
+    run = _init(*args, **kwargs)
+    post(f"/sweep_magic/v1/runs/{run.id}/start", {})
+    return run
+wandb.init = init
+
+_history = wandb_run.Run._partial_history_callback
+def history(self, data, step=None, commit=None):
+    post(f"/sweep_magic/v1/runs/{self.id}/history", {"rows": [dict(data, _step=step)]})
+    return _history(self, data, step, commit)
+wandb_run.Run._partial_history_callback = history
+
+_finish = wandb_run.Run._finish
+def finish(self, exit_code=None):
+    summary = {k: v for k, v in dict(self.summary).items() if not k.startswith("_")}
+    post(f"/sweep_magic/v1/runs/{self.id}/finish",
+         {"exit_code": exit_code or 0, "state": "finished" if not exit_code else "failed", "summary": summary})
+    return _finish(self, exit_code)
+wandb_run.Run._finish = finish
+
+def train():
+    t0 = time.time()
+    with wandb.init() as run:
+        t1 = time.time()
+        cfg = dict(run.config)
+        for step in range(int(cfg.get("steps", 1))):
+            run.log({"loss": float(cfg.get("x", 0))})
+            time.sleep(float(cfg.get("step_sleep", 0)))
+    if TIMES:
+        with open(TIMES, "a") as f:
+            f.write(json.dumps({"run": run.id, "enter": t0, "inited": t1, "exit": time.time()}) + "\\n")
+
+count = int(sys.argv[2]) if len(sys.argv) > 2 else None
+wandb.agent(sys.argv[1], function=train, count=count)
+"""
