@@ -190,13 +190,14 @@ def test_stop_ends_a_running_session_and_count_limits_runs(home):
     path = f"local/api-stop/{sweep_id}"  # the ENTITY/PROJECT/ID form of a local sweep works too
     session = api.launch(make_train(seconds=2.0), path, cpus=1, count=2)
     seen = threading.Event()
-    unsubscribe = session.subscribe(lambda: seen.set() if session.snapshot().runs else None)
+    calls = []
+    unsubscribe = session.subscribe(lambda: (calls.append(len(session.snapshot().runs)), seen.set() if session.snapshot().runs else None))
     try:
         deadline = time.monotonic() + 60
         while not session.snapshot().runs and time.monotonic() < deadline:
             time.sleep(0.2)
         assert session.snapshot().runs, session.agents()
-        assert seen.wait(5)
+        assert seen.wait(5), calls
         session.stop()
         assert session.wait(timeout=30)
     finally:

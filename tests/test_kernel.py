@@ -1,0 +1,191 @@
+"""A real ipykernel: notebooks executed by nbclient, and kernels driven by jupyter_client.
+
+(a) the done-when: a notebook with an 8-point local grid and ``%%sweep_parallel
+    --cpus 2 --wait`` ends with 8 finished runs of distinct configs;
+(b) the kernel SIGKILLed mid-sweep takes every worker and its wandb-core with it;
+(c) two sessions in one kernel at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import nbformat
+import psutil
+import pytest
+from jupyter_client import KernelManager
+from nbclient import NotebookClient
+
+pytestmark = pytest.mark.kernel
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+GRID = """config = {{"method": "grid", "metric": {{"name": "loss", "goal": "minimize"}},
+          "parameters": {{"a": {{"values": {a}}}, "b": {{"values": {b}}}}}}}
+{var} = sweep_magic.local_sweep(config, project="{project}")"""
+
+TRAIN = """
+import time
+import wandb
+
+def train():
+    with wandb.init() as run:
+        time.sleep({seconds})
+        run.log({{"loss": run.config.a * run.config.b}})
+"""
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    # The kernel inherits this: its server database and session folders stay in tmp_path.
+    monkeypatch.setenv("SWEEP_MAGIC_HOME", str(tmp_path))
+    monkeypatch.delenv("SWEEP_MAGIC_WAIT", raising=False)
+    # The kernel runs in tmp_path: make this checkout importable there even without `pip install -e`.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    return tmp_path
+
+
+def test_nbclient_notebook_runs_an_8_point_grid(home):
+    code = nbformat.v4.new_code_cell
+    nb = nbformat.v4.new_notebook(cells=[
+        code("%load_ext sweep_magic\nimport json\nimport sweep_magic\nfrom sweep_magic import _display"),
+        code(GRID.format(a=[1, 2, 3, 4], b=[1, 10], var="sid", project="kernel-a")),
+        code("%%sweep_parallel {sid} --cpus 2 --wait" + TRAIN.format(seconds=0.05)),
+        code("print(json.dumps({'headless': _display.headless(),\n"
+             "                  'results': sweep_magic.sessions()[-1].results()}))"),
+    ])
+    NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(home)}}).execute()
+
+    out = json.loads(nb.cells[-1].outputs[0]["text"])
+    results = out["results"]
+    assert out["headless"] is True  # nbclient sends allow_stdin=False
+    assert len(results) == 8 and {r["state"] for r in results} == {"finished"}
+    configs = {(r["config"]["a"], r["config"]["b"]) for r in results}
+    assert configs == {(a, b) for a in (1, 2, 3, 4) for b in (1, 10)}
+    # The text face ended in the launching cell, with the final table (best first).
+    shown = "".join(o.get("data", {}).get("text/plain", "") for o in nb.cells[2].outputs)
+    assert "8 runs done" in shown and "best loss=1 " in shown
+    table = shown.split("\n\n")[-1].splitlines()
+    assert table[0].split()[:5] == ["#", "run", "agent", "state", "loss"] and table[2].split()[4] == "1"
+
+
+class _Kernel:
+    """A kernel started by jupyter_client, as JupyterLab would (allow_stdin=True)."""
+
+    def __init__(self):
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel()
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    def run(self, code: str, timeout: float = 120) -> str:
+        out: list[str] = []
+
+        def hook(msg):
+            content = msg["content"]
+            if msg["msg_type"] == "stream":
+                out.append(content["text"])
+            elif msg["msg_type"] == "error":
+                out.append("\n".join(content["traceback"]))
+
+        reply = self.kc.execute_interactive(code, timeout=timeout, output_hook=hook, allow_stdin=True)
+        assert reply["content"]["status"] == "ok", "".join(out)
+        return "".join(out)
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        if self.km.is_alive():
+            self.km.shutdown_kernel(now=False)
+        self.km.cleanup_resources()
+
+
+@pytest.fixture
+def kernel(home):
+    k = _Kernel()
+    try:
+        yield k
+    finally:
+        k.close()
+
+
+def _cores_of(pids: set[int]) -> set[int]:
+    found = set()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if cmd and "wandb-core" in os.path.basename(cmd[0]) and "--pid" in cmd:
+            if cmd[cmd.index("--pid") + 1].isdigit() and int(cmd[cmd.index("--pid") + 1]) in pids:
+                found.add(proc.info["pid"])
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.add(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+WAIT_RUNNING = """
+s = sweep_magic.sessions()[-1]
+deadline = time.time() + 90
+while time.time() < deadline and not all(a.current_run for a in s.agents()):
+    time.sleep(0.3)
+print(json.dumps({"kernel": os.getpid(), "workers": [a.pid for a in s.agents()],
+                  "running": [a.current_run for a in s.agents()]}))
+"""
+
+
+def test_killed_kernel_takes_its_workers_along(kernel):
+    kernel.run("%load_ext sweep_magic\nimport json, os, time\nimport sweep_magic")
+    kernel.run(GRID.format(a=[1, 2, 3], b=[1], var="sid", project="kernel-b"))
+    started = time.monotonic()
+    kernel.run("%%sweep_parallel {sid} --cpus 2 --no-widget" + TRAIN.format(seconds=120))
+    assert time.monotonic() - started < 30  # not headless: the cell returned without waiting
+    info = json.loads(kernel.run(WAIT_RUNNING).strip().splitlines()[-1])
+    workers = set(info["workers"])
+    assert len(workers) == 2 and all(info["running"]), info
+    deadline = time.monotonic() + 20  # each worker's wandb-core is up once its run started
+    while len(_cores_of(workers)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    doomed = workers | _cores_of(workers)
+    assert len(doomed) >= 4
+
+    os.kill(info["kernel"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(doomed) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(doomed), [psutil.Process(p).cmdline()[:3] for p in _alive(doomed)]
+
+
+def test_two_sessions_at_once_in_one_kernel(kernel):
+    kernel.run("%load_ext sweep_magic\nimport json, os, time\nimport sweep_magic\nfrom sweep_magic import _display")
+    kernel.run(GRID.format(a=[1, 2, 3], b=[1], var="sid1", project="kernel-c1"))
+    kernel.run(GRID.format(a=[4, 5, 6], b=[2], var="sid2", project="kernel-c2"))
+    kernel.run("%%sweep_parallel {sid1} --cpus 1" + TRAIN.format(seconds=0.5))
+    kernel.run("%%sweep_parallel $sid2 --cpus 1" + TRAIN.format(seconds=0.5))
+    out = kernel.run(
+        "s1, s2 = sweep_magic.sessions()[-2:]\n"
+        "ok = [s1.wait(180), s2.wait(180)]\n"
+        "spans = [(min(r.started_at for r in s.snapshot().runs), max(r.ended_at for r in s.snapshot().runs))\n"
+        "         for s in (s1, s2)]\n"
+        "print(json.dumps({'ok': ok, 'ids': [s1.id, s2.id], 'spans': spans, 'headless': _display.headless(),\n"
+        "                  'results': [s1.results(), s2.results()]}))",
+        timeout=240,
+    )
+    info = json.loads(out.strip().splitlines()[-1])
+    assert info["ok"] == [True, True] and info["headless"] is False
+    assert info["ids"][0] != info["ids"][1]
+    xs = [sorted(r["config"]["a"] for r in results) for results in info["results"]]
+    assert xs == [[1, 2, 3], [4, 5, 6]]
+    assert all(r["state"] == "finished" for results in info["results"] for r in results)
+    (a0, a1), (b0, b1) = info["spans"]
+    assert a0 < b1 and b0 < a1, "the two sessions ran at the same time"
+    status = kernel.run("%sweep_status")
+    assert info["ids"][0] in status and info["ids"][1] in status and status.count("finished") >= 2
