@@ -142,9 +142,36 @@ print(json.dumps({"kernel": os.getpid(), "workers": [a.pid for a in s.agents()],
 """
 
 
-def test_killed_kernel_takes_its_workers_along(kernel):
+def test_ctrl_c_while_waiting_then_killed_kernel_takes_its_workers_along(kernel):
     kernel.run("%load_ext sweep_magic\nimport json, os, time\nimport sweep_magic")
     kernel.run(GRID.format(a=[1, 2, 3], b=[1], var="sid", project="kernel-b"))
+
+    # Ctrl-C (a kernel interrupt) while --wait blocks: the agents stop, the cell ends normally
+    # and the live text (updated from the refresher thread) ends with the table.
+    msg_id = kernel.kc.execute("%%sweep_parallel {sid} --cpus 1 --wait --no-widget" + TRAIN.format(seconds=120))
+    shown, printed, interrupted = "", "", False
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        msg = kernel.kc.get_iopub_msg(timeout=deadline - time.monotonic())
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        content = msg["content"]
+        if msg["msg_type"] in ("display_data", "update_display_data"):
+            shown = content["data"].get("text/plain", "")
+            if " started " in shown and not interrupted:
+                kernel.km.interrupt_kernel()
+                interrupted = True
+        elif msg["msg_type"] == "stream":
+            printed += content["text"]
+        elif msg["msg_type"] == "status" and content["execution_state"] == "idle":
+            break
+    reply = kernel.kc.get_shell_msg(timeout=10)
+    assert interrupted and reply["content"]["status"] == "ok", (shown, printed)
+    assert "interrupted: stopped s1" in printed
+    assert "session s1 · stopped" in shown and "#  run" in shown
+    state = kernel.run("print(sweep_magic.sessions()[-1].done, [a.state for a in sweep_magic.sessions()[-1].agents()])")
+    assert state.startswith("True") and "running" not in state
+
     started = time.monotonic()
     kernel.run("%%sweep_parallel {sid} --cpus 2 --no-widget" + TRAIN.format(seconds=120))
     assert time.monotonic() - started < 30  # not headless: the cell returned without waiting
