@@ -159,14 +159,19 @@ class SweepMagics(Magics):
         except ValueError as err:  # a config the sweeps engine rejects
             raise UsageError(f"--config {args.config}: {err}") from None
 
-    def _panel(self):
+    def _panel(self) -> None:
         try:
-            from sweep_magic.panel import show_panel
-        except Exception:
+            from sweep_magic.panel import show_panel, widgets_available
+
+            usable = widgets_available(self.shell)
+        except Exception:  # ipywidgets missing, or the panel module broken: the text path still works
+            usable = False
+        if not usable:
             raise UsageError(
-                "the panel needs ipywidgets; give a sweep id: %%sweep_parallel SWEEP_ID --cpus 2 (see %sweep_parallel?)"
-            ) from None
-        return show_panel(self.shell)
+                "the panel needs a notebook with ipywidgets; here give a sweep id: "
+                "%%sweep_parallel SWEEP_ID --cpus 2 (see %sweep_parallel?)"
+            )
+        show_panel(self.shell)  # it displays itself; returning it would show it twice
 
     @magic_arguments()
     @argument("session", nargs="?", help="session id (s1), number or sweep id; default: every running session")

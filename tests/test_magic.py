@@ -210,3 +210,43 @@ def test_unload_removes_the_magics():
     shell.run_line_magic("unload_ext", "sweep_magic")
     assert "sweep_parallel" not in shell.magics_manager.magics["cell"]
     assert "sweep_status" not in shell.magics_manager.magics["line"]
+
+
+def test_panel_needs_a_notebook(ip, nothing_started):
+    assert "the panel needs a notebook" in usage_error(ip, "%sweep_parallel")
+
+
+def test_config_from_yaml_file(tmp_path):
+    from sweep_magic.magic import _load_config
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text("method: grid\nparameters:\n  x:\n    values: [1, 2]\n")
+    assert _load_config(str(path), {}) == {"method": "grid", "parameters": {"x": {"values": [1, 2]}}}
+    path.write_text("- not a mapping\n")
+    with pytest.raises(UsageError, match="not a mapping"):
+        _load_config(str(path), {})
+    with pytest.raises(UsageError, match="expected a dict"):
+        _load_config("cfg", {"cfg": [1]})
+
+
+def test_cell_with_config_runs_a_local_sweep(ip, tmp_path, monkeypatch, capsys):
+    """The whole path from a cell: --config makes the local sweep, --wait blocks, text shows it."""
+    monkeypatch.setenv("SWEEP_MAGIC_HOME", str(tmp_path))
+    ip.user_ns["cfg"] = {"method": "grid", "metric": {"name": "loss", "goal": "maximize"},
+                         "parameters": {"x": {"values": [1, 2]}}}
+    ip.run_cell(
+        "%%sweep_parallel --config cfg --cpus 1 --wait --project magic-e2e\n"
+        "import wandb\n"
+        "scale = 10\n"
+        "def train():\n"
+        "    with wandb.init() as run:\n"
+        "        run.log({'loss': run.config.x * scale})\n"
+    )
+    session = api.sessions()[-1]
+    assert session.done and session.local
+    results = session.results()
+    assert sorted(r["summary"]["loss"] for r in results) == [10, 20]
+    assert session.snapshot().best_run().summary["loss"] == 20  # goal: maximize
+    out = capsys.readouterr().out
+    assert "[agent 0 · cpu" in out and "2 runs done" in out
+    assert os.path.isdir(results[0]["dir"])
