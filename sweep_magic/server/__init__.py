@@ -53,8 +53,11 @@ class LocalServer:
         from sweep_magic.server.store import Store
 
         self.db_path = os.path.abspath(db or default_db_path())
-        self.api_key = api_key or new_api_key()
         self._store = Store(self.db_path)
+        # The key lives with the database (0600): a server restarted on the same file keeps
+        # its agents, which still hold the old key in their environment.
+        self.api_key = api_key or self._store.meta("api_key") or new_api_key()
+        self._store.set_meta("api_key", self.api_key)
         self.controller = Controller(
             self._store, wandb_dirs=default_wandb_dirs() + list(wandb_dirs or []),
             agent_timeout=agent_timeout or DEFAULT_AGENT_TIMEOUT)

@@ -61,6 +61,10 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs (sweep_id, seq);
 CREATE INDEX IF NOT EXISTS runs_by_agent ON runs (agent_id, state);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS history (
     run_id TEXT NOT NULL,
     idx INTEGER NOT NULL,
@@ -122,6 +126,14 @@ class Store:
     def transaction(self):
         """``with store.transaction():`` groups writes atomically (the lock is re-entrant)."""
         return _Transaction(self)
+
+    # -- server facts (e.g. its API key, so a restart keeps its agents) ---------------------------
+    def meta(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return row["value"] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._exec("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     # -- sweeps -------------------------------------------------------------------------------
     def add_sweep(self, sweep_id: str, entity: str, project: str, config: dict, **extra) -> None:
