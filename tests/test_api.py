@@ -205,3 +205,27 @@ def test_stop_ends_a_running_session_and_count_limits_runs(home):
         session.stop()
     assert session.done and all(a.ended for a in session.agents())
     assert len(session.results()) <= 2
+
+
+def test_launch_against_a_self_hosted_wandb(home, monkeypatch):
+    """The non-local path, for real: a second embedded server stands in for a self-hosted W&B.
+
+    The sweep is not on this process's local server, so launch takes the W&B path: login
+    from WANDB_API_KEY, the sweep checked with wandb.Api().sweep, and the agents pointed at
+    WANDB_BASE_URL with that key (offline runs, since the stand-in has no run upload API).
+    """
+    from sweep_magic.server import serve
+
+    with serve(db=str(home / "other.sqlite3")) as other:
+        sweep_id = other.create_sweep({"method": "grid", "metric": {"name": "loss", "goal": "minimize"},
+                                       "parameters": {"x": {"values": [3, 4]}}}, project="selfhosted", entity="team")
+        for name, value in {"WANDB_BASE_URL": other.url, "WANDB_API_KEY": other.api_key, "WANDB_MODE": "offline"}.items():
+            monkeypatch.setenv(name, value)
+        session = api.launch(make_train(0.05), f"team/selfhosted/{sweep_id}", cpus=1, count=1)
+        try:
+            assert session.wait(timeout=120), session.agents()
+        finally:
+            session.stop()
+    assert not session.local and session.snapshot().metric_name == "loss"
+    (result,) = session.results()
+    assert result["state"] == "finished" and result["config"]["x"] in (3, 4)
