@@ -59,6 +59,19 @@ def _scalar(value):
     return None  # images, tables, histograms: not something a view can show as a number
 
 
+def post(url: str, api_key: str, path: str, body: dict, timeout: float = 5.0) -> None:
+    """POST ``body`` to the embedded server's side channel (``/sweep_magic/v1/<path>``)."""
+    auth = "Basic " + base64.b64encode(f"api:{api_key}".encode()).decode()
+    req = urllib.request.Request(
+        url.rstrip("/") + "/sweep_magic/v1/" + path,
+        data=json.dumps(jsonable(body)).encode(),
+        headers={"Content-Type": "application/json", "Authorization": auth},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        resp.read()
+
+
 class _RunState:
     def __init__(self, run_id: str, config: dict):
         self.run_id = run_id
@@ -66,6 +79,7 @@ class _RunState:
         self.t0 = time.time()
         self.started = False
         self.finished = False
+        self.final: tuple | None = None  # (exit_code, summary, ended) from Run._finish
         self.error: str | None = None
         self.values: dict = {}
         self.step: int | None = None
@@ -88,8 +102,7 @@ class Reporter:
         self.agent = None  # the pyagent.Agent, once it exists
         self.draining = False
         self._warned: set[str] = set()
-        key = spec.env.get("WANDB_API_KEY") or os.environ.get("WANDB_API_KEY", "")
-        self._auth = "Basic " + base64.b64encode(f"api:{key}".encode()).decode()
+        self._key = spec.env.get("WANDB_API_KEY") or os.environ.get("WANDB_API_KEY", "")
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="sweep-magic-flusher", daemon=True)
@@ -108,15 +121,8 @@ class Reporter:
     def post(self, path: str, body: dict) -> None:
         if not self._spec.report_url:
             return
-        req = urllib.request.Request(
-            self._spec.report_url.rstrip("/") + "/sweep_magic/v1/" + path,
-            data=json.dumps(jsonable(body)).encode(),
-            headers={"Content-Type": "application/json", "Authorization": self._auth},
-            method="POST",
-        )
         try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
-                resp.read()
+            post(self._spec.report_url, self._key, path, body)
         except (urllib.error.URLError, OSError, ValueError) as err:
             kind = path.rsplit("/", 1)[-1]
             if kind not in self._warned:  # once per kind: the log is for the user's output
@@ -143,7 +149,11 @@ class Reporter:
 
     def registered(self, agent_id: str) -> None:
         self.emit(AgentRegistered(agent_id=str(agent_id)))
-        self.post(f"agents/{agent_id}/hello", {"prefetch": True, "pid": os.getpid()})
+        hello = {"prefetch": True, "pid": os.getpid(), "wandb_dir": os.environ.get("WANDB_DIR")}
+        if self._spec.report_url:
+            # Lets the server notice a dead agent after a few missed beats, not a minute.
+            hello["heartbeat_seconds"] = self._spec.heartbeat_seconds
+        self.post(f"agents/{agent_id}/hello", hello)
 
     def job_begin(self, run_id: str, config: dict) -> None:
         with self._lock:
@@ -156,10 +166,15 @@ class Reporter:
             run = self._runs.get(run_id)
             if self._current == run_id:
                 self._current = None
-        if run is not None and not run.finished:
-            if not run.started:
-                self._started(run, name=run_id, dir=None)
-            self._finished(run, exit_code=1 if (run.error or status != "RUNNING") else 0, summary={})
+        if run is None or run.finished:
+            return
+        if not run.started:
+            self._started(run, name=run_id, dir=None)
+        if run.final is not None:
+            exit_code, summary, ended = run.final
+        else:  # the function never called wandb.init (or never finished its run)
+            exit_code, summary, ended = (1 if (run.error or status != "RUNNING") else 0), {}, time.time()
+        self._finished(run, exit_code=exit_code, summary=summary, ended=ended)
 
     def record_error(self, text: str) -> None:
         with self._lock:
@@ -226,16 +241,23 @@ class Reporter:
         state.row, state.row_step = None, None
 
     def run_finishing(self, run, exit_code: int | None) -> None:
+        """``Run._finish``: keep the outcome; it is reported when pyagent's job ends, after the
+        function wrapper has recorded the traceback (a ``with wandb.init()`` block finishes the
+        run while the exception is still on its way out)."""
         state = self._own(run)
-        if state is None or state.finished:
+        if state is None or state.final is not None:
             return
         try:
             summary = {k: v for k, v in dict(run.summary).items() if not str(k).startswith("_")}
         except Exception:
             summary = {}
-        self._finished(state, exit_code=exit_code or 0, summary=summary)
+        with self._lock:
+            if state.row is not None:
+                self._close_row(state)
+            state.final = (exit_code or 0, summary, time.time())
+        self.flush(state)
 
-    def _finished(self, state: _RunState, *, exit_code: int, summary: dict) -> None:
+    def _finished(self, state: _RunState, *, exit_code: int, summary: dict, ended: float) -> None:
         with self._lock:
             if state.row is not None:
                 self._close_row(state)
@@ -247,15 +269,16 @@ class Reporter:
             status, error = "finished", None
         else:
             status, error = "failed", state.error or f"exit code {exit_code}"
-        summary = {k: _scalar(v) for k, v in summary.items() if _scalar(v) is not None}
+        summary = jsonable(summary)  # plain JSON: numbers, strings, lists, small dicts
         self.emit(
             RunFinished(
                 run_id=state.run_id,
                 state=status,
                 exit_code=exit_code,
                 summary=summary,
-                duration=time.time() - state.t0,
+                duration=ended - state.t0,
                 error=error,
+                t=ended,
             )
         )
         self.post(f"runs/{state.run_id}/finish", {"exit_code": exit_code, "state": status, "summary": summary})

@@ -73,6 +73,7 @@ class _Agent:
         self.log_partial = b""
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.due: float | None = None  # a pending (re)spawn time
+        self.spec = None  # the current process's WorkerSpec
 
     @property
     def alive(self) -> bool:
@@ -275,7 +276,7 @@ class Supervisor:
                     self._end(agent, "failed", f"could not start: {type(err).__name__}: {err}")
                     self._changed()
                 else:
-                    agent.proc, agent.lifeline = proc, lifeline
+                    agent.proc, agent.lifeline, agent.spec = proc, lifeline, spec
                     agent.state, agent.intent, agent.current_run = "starting", None, None
                     agent.exit_code = agent.exit_error = agent.exit_reason = None
                     reader = threading.Thread(
@@ -339,9 +340,12 @@ class Supervisor:
         reader.join(timeout=5)
         _unlink(proc._spec_path)
         with self._lock:
-            self._on_exit(agent, proc, code)
+            lost = self._on_exit(agent, proc, code)
+            spec = agent.spec
             self._changed()
         self._fire()
+        if lost and getattr(spec, "report_url", None):
+            _report_lost_run(spec, *lost)
         _proc.reap_sidecars(proc.pid)
         with self._lock:
             # ``wait()`` and ``stop()`` return only once the sidecars are gone too.
@@ -392,9 +396,12 @@ class Supervisor:
             self._changed()
         self._fire()
 
-    def _on_exit(self, agent: _Agent, proc, code: int) -> None:
+    def _on_exit(self, agent: _Agent, proc, code: int) -> tuple | None:
+        """Settle the agent after its process ended; returns (run_id, state, code) of a run
+        the worker could not report itself."""
         if agent.proc is not proc:
-            return
+            return None
+        lost = None
         agent.exit_code = code
         if agent.lifeline is not None:
             os.close(agent.lifeline)
@@ -409,6 +416,7 @@ class Supervisor:
             else:
                 run.update(state="crashed", error=f"the agent process died: {why}")
             run["ended_at"] = time.time()
+            lost = (run["run_id"], run["state"], code)
             agent.current_run = None
         if intent == "restart":
             agent.restarts += 1
@@ -434,6 +442,7 @@ class Supervisor:
             agent.restarts += 1
             agent.state, agent.reason = "restarting", why
             agent.due = time.monotonic() + min(30.0, 0.5 * 2 ** (agent.crashes - 1))
+        return lost
 
     def _end(self, agent: _Agent, state: str, reason: str) -> None:
         agent.state, agent.reason = state, reason
@@ -522,6 +531,18 @@ def _signal_pid(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _report_lost_run(spec, run_id: str, state: str, code: int) -> None:
+    """Tell the embedded server at once that a run died with its agent, so the sweep does
+    not wait for the agent's heartbeats to time out before it can finish."""
+    from sweep_magic import _hooks
+
+    key = spec.env.get("WANDB_API_KEY", "")
+    try:
+        _hooks.post(spec.report_url, key, f"runs/{run_id}/finish", {"exit_code": code, "state": state, "summary": {}})
+    except Exception:
+        pass  # the server settles it from missed heartbeats instead
 
 
 def _unlink(path: str) -> None:

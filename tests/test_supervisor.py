@@ -1,0 +1,234 @@
+"""Supervisor + workers for real: the embedded server, the real wandb.agent, real processes.
+
+Each function below misbehaves on purpose (raise, hang, abort, ignore SIGINT, get
+SIGKILLed), the way jupyter_client tests its restarter with kernels that fail.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import time
+
+from workers_helpers import log_text, our_processes, server, start, wait_for  # noqa: F401  (fixture)
+
+# ---- functions shipped to workers (by value) ---------------------------------------------------
+
+
+def train_ok():
+    import os
+
+    import wandb
+
+    with wandb.init() as run:
+        x = run.config.x
+        for i in range(3):
+            run.log({"loss": x / (i + 1), "i": i})
+        run.summary["cores"] = sorted(os.sched_getaffinity(0))
+        run.summary["omp"] = os.environ.get("OMP_NUM_THREADS")
+        run.summary["cuda"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+        # wandb-core of this worker, not the kernel's (WANDB_SERVICE is "3-<owner pid>-...").
+        run.summary["own_service"] = os.environ.get("WANDB_SERVICE", "").split("-")[1] == str(os.getpid())
+        # Looks like an event, but stdout is the log file: it must not become a run.
+        print('{"v":1,"type":"run_started","run_id":"bogus","name":"x","config":{}}', flush=True)
+        print(f"user output for x={x}", flush=True)
+
+
+def train_raises_on_2():
+    import wandb
+
+    with wandb.init() as run:
+        run.log({"loss": 1.0})
+        if run.config.x == 2:
+            raise ValueError("x=2 is not allowed here")
+
+
+def train_slow():
+    import time
+
+    import wandb
+
+    with wandb.init() as run:
+        for i in range(20):
+            run.log({"loss": run.config.x + i})
+            time.sleep(0.1)
+
+
+def train_aborts_on_1():
+    import os
+
+    import wandb
+
+    with wandb.init() as run:
+        run.log({"loss": 1.0})
+        if run.config.x == 1:
+            os.abort()
+
+
+def train_hangs():
+    import time
+
+    import wandb
+
+    wandb.init()
+    time.sleep(10_000)
+
+
+def train_ignores_sigint():
+    import ctypes
+    import signal
+    import time
+
+    import wandb
+
+    wandb.init()
+    # Process-wide SIG_IGN from the run thread (signal.signal only works in the main thread),
+    # and pyagent's stop exception swallowed, as a broad `except Exception` would.
+    ctypes.CDLL(None).signal(signal.SIGINT, ctypes.c_void_p(1))
+    while True:
+        try:
+            time.sleep(0.2)
+        except Exception:
+            pass
+
+
+# ---- tests -------------------------------------------------------------------------------------
+
+
+def test_grid_sweep_end_to_end(server, tmp_path, monkeypatch):
+    # As in a kernel that touched wandb: its service must not leak into the workers.
+    monkeypatch.setenv("WANDB_SERVICE", "3-1-unix-/nonexistent/socket")
+    monkeypatch.setenv("WANDB_RUN_ID", "stale")
+    sup = start(server, train_ok, tmp_path, [1, 2, 3, 4], agents=2)
+    try:
+        assert sup.wait(120), sup.snapshot()
+        snap = sup.snapshot()
+    finally:
+        sup.stop()
+    assert snap.state == "finished" and snap.done
+    assert [a.state for a in snap.agents] == ["exited", "exited"]
+    assert sorted(r.config["x"] for r in snap.runs) == [1, 2, 3, 4]
+    assert all(r.state == "finished" for r in snap.runs), snap.runs
+    assert "bogus" not in {r.run_id for r in snap.runs}
+    for run in snap.runs:
+        assert run.summary["loss"] == run.config["x"] / 3
+        assert run.metrics["loss"] == run.config["x"] / 3 and run.metrics["i"] == 2
+        assert run.summary["omp"] == "1" and run.summary["cuda"] == "" and run.summary["own_service"]
+        assert run.dir and os.path.isdir(run.dir) and run.duration is not None
+    # Each CPU agent is pinned to its own core.
+    by_agent = {r.agent: tuple(r.summary["cores"]) for r in snap.runs}
+    assert len(by_agent) == 2 and len(set(by_agent.values())) == 2
+    assert sum(a.runs_done for a in snap.agents) == 4
+    assert snap.best_run().config["x"] == 1
+    # The server heard the outcome over the side channel.
+    assert {r["state"] for r in server.runs(snap.sweep_id)} == {"finished"}
+    # User prints land in the per-agent log (0600), and in its tail; never in the events.
+    logs = log_text(sup, 0) + log_text(sup, 1)
+    assert "user output for x=1" in logs and '"run_id":"bogus"' in logs
+    assert any("user output" in line for a in snap.agents for line in a.log_tail)
+    assert stat.S_IMODE(os.stat(snap.agents[0].log_path).st_mode) == 0o600
+    assert not [f for f in os.listdir(tmp_path / "logs") if f.startswith(".spec")]  # read and deleted
+    assert not our_processes()
+
+
+def test_function_raises_fails_that_run_and_agent_goes_on(server, tmp_path):
+    sup = start(server, train_raises_on_2, tmp_path, [1, 2, 3, 4], agents=1)
+    try:
+        assert sup.wait(120)
+        snap = sup.snapshot()
+    finally:
+        sup.stop()
+    states = {r.config["x"]: r.state for r in snap.runs}
+    assert states == {1: "finished", 2: "failed", 3: "finished", 4: "finished"}
+    failed = next(r for r in snap.runs if r.state == "failed")
+    assert "ValueError: x=2 is not allowed here" in failed.error and "Traceback" in failed.error
+    assert snap.agents[0].state == "exited" and snap.agents[0].restarts == 0
+
+
+def test_sigkilled_agent_is_restarted_and_sweep_completes(server, tmp_path):
+    sup = start(server, train_slow, tmp_path, [1, 2, 3, 4, 5, 6], agents=2)
+    try:
+        victim = wait_for(
+            lambda: next((a for a in sup.snapshot().agents if a.state == "running"), None),
+            90, "a running agent", sup,
+        )  # fmt: skip
+        os.kill(victim.pid, signal.SIGKILL)
+        assert sup.wait(150)
+        snap = sup.snapshot()
+    finally:
+        sup.stop()
+    crashed = [r for r in snap.runs if r.state == "crashed"]
+    assert len(crashed) == 1 and crashed[0].run_id == victim.current_run
+    assert "killed by SIGKILL" in crashed[0].error
+    agent = snap.agents[victim.index]
+    other = snap.agents[1 - victim.index]
+    assert agent.restarts == 1 and agent.state == "exited"
+    assert other.restarts == 0 and other.state == "exited"
+    # The sweep completed: every other grid point ran to the end.
+    assert sorted(r.config["x"] for r in snap.runs if r.state == "finished") == sorted(
+        set(range(1, 7)) - {crashed[0].config["x"]}
+    )
+
+
+def test_abort_names_sigabrt(server, tmp_path):
+    sup = start(server, train_aborts_on_1, tmp_path, [1, 2], agents=1)
+    try:
+        assert sup.wait(150)
+        snap = sup.snapshot()
+    finally:
+        sup.stop()
+    aborted = next(r for r in snap.runs if r.config["x"] == 1)
+    assert aborted.state == "crashed" and "SIGABRT" in aborted.error
+    assert snap.agents[0].restarts == 1
+    assert [r.state for r in snap.runs if r.config["x"] == 2] == ["finished"]
+    assert "Fatal Python error: Aborted" in log_text(sup, 0)  # faulthandler's traceback
+
+
+def test_hanging_function_is_stopped_within_15s(server, tmp_path):
+    sup = start(server, train_hangs, tmp_path, [1, 2], agents=2)
+    try:
+        wait_for(lambda: all(a.state == "running" for a in sup.snapshot().agents), 90, "two running agents", sup)
+    finally:
+        t0 = time.monotonic()
+        sup.stop()
+        took = time.monotonic() - t0
+    assert not our_processes() and took < 15
+    snap = sup.snapshot()
+    assert snap.state == "stopped"
+    assert {r.state for r in snap.runs} == {"killed"}
+    assert all(a.state in ("exited", "killed") for a in snap.agents)
+
+
+def test_function_ignoring_sigint_is_still_stopped(server, tmp_path):
+    sup = start(server, train_ignores_sigint, tmp_path, [1], agents=1)
+    try:
+        wait_for(lambda: sup.snapshot().agents[0].state == "running", 90, "a running agent", sup)
+        time.sleep(0.5)  # let it install SIG_IGN
+    finally:
+        t0 = time.monotonic()
+        sup.stop()
+        took = time.monotonic() - t0
+    assert not our_processes() and took < 15
+    assert sup.snapshot().agents[0].state == "killed"
+
+
+def test_eight_agents_started_together_get_distinct_first_configs(server, tmp_path):
+    import warnings
+
+    from sweep_magic import devices
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 8 agents on a 2-core machine: no pinning, by design
+        slots = devices.plan(cpus=8)
+    sup = start(server, train_ok, tmp_path, range(16), count=1, slots=slots)
+    try:
+        assert sup.wait(240)
+        snap = sup.snapshot()
+    finally:
+        sup.stop()
+    first = {}
+    for run in snap.runs:
+        first.setdefault(run.agent, run.config["x"])
+    assert len(first) == 8 and len(set(first.values())) == 8, snap.runs
+    assert all(a.state == "exited" and a.runs_done == 1 for a in snap.agents)
