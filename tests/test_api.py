@@ -226,6 +226,9 @@ def test_launch_against_a_self_hosted_wandb(home, monkeypatch):
             assert session.wait(timeout=120), session.agents()
         finally:
             session.stop()
+            import wandb
+
+            wandb.teardown()  # this process's wandb now knows the stand-in's URL and key: forget them
     assert not session.local and session.snapshot().metric_name == "loss"
     (result,) = session.results()
     assert result["state"] == "finished" and result["config"]["x"] in (3, 4)
