@@ -77,8 +77,7 @@ class SweepSession:
         self.id = id
         self.sweep_id = sweep_id
         self.dir = dir  # logs/ and the offline runs (WANDB_DIR) of this session
-        self.local = target.local
-        self._target = target
+        self.local = target.local  # the target itself is not kept: its env holds the API key
         self._supervisor = supervisor
         self._subscribers: list = []
         self._sub_lock = threading.Lock()

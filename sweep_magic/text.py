@@ -22,6 +22,7 @@ from sweep_magic.snapshot import AgentSnapshot, RunSnapshot, SessionSnapshot
 
 MAX_LOG_LINES = 200  # what a live display keeps; older lines collapse into "… N earlier lines"
 REFRESH_SECONDS = 0.5  # ≤ 2 display updates a second, however fast workers log
+MAX_TABLE_ROWS = 50  # a 5,000-run sweep should not print 5,000 lines into a cell
 
 
 def fmt_value(value) -> str:
@@ -145,11 +146,14 @@ def running_lines(snap: SessionSnapshot) -> list[str]:
     return lines
 
 
-def table(snap: SessionSnapshot) -> str:
-    """All runs, best first by the sweep metric, as a fixed-width table."""
+def table(snap: SessionSnapshot, limit: int | None = MAX_TABLE_ROWS) -> str:
+    """The runs, best first by the sweep metric, as a fixed-width table (the best ``limit``)."""
     ranked = snap.ranked_runs()
     if not ranked:
         return "(no runs)"
+    more = len(ranked) - limit if limit is not None and len(ranked) > limit else 0
+    if more:
+        ranked = ranked[:limit]
     keys = sorted({k for r in ranked for k in r.config})
     metric = snap.metric_name
     cols = ["#", "run", "agent", "state"] + ([metric] if metric else []) + ["time"] + keys
@@ -166,6 +170,8 @@ def table(snap: SessionSnapshot) -> str:
     fmt = "  ".join("{:<%d}" % w for w in widths)
     out = [fmt.format(*cols), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*row) for row in rows]
+    if more:
+        out.append(f"… {more} more runs: session.results() has them all")
     return "\n".join(line.rstrip() for line in out)
 
 

@@ -7,7 +7,6 @@ the embedded server, offline runs on disk.
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 
@@ -160,13 +159,13 @@ def _grid(n: int, project: str = "api") -> str:
     return local_sweep(config, project=project)
 
 
-def test_launch_runs_a_local_grid_to_the_end(home):
+def test_launch_runs_a_local_grid_to_the_end(home, capsys):
+    assert _display.shell() is None, "plain Python here: show() streams text to stdout"
     sweep_id = _grid(4)
     session = api.launch(make_train(), sweep_id, cpus=2)
     try:
         assert session in api.sessions() and api.sessions()[-1] is session
-        stream = io.StringIO()
-        view = text.TextView(session, stream.write, whole=False).start()
+        view = session.show()
         assert session.wait(timeout=180), session.agents()
         view.join(timeout=10)
     finally:
@@ -179,7 +178,7 @@ def test_launch_runs_a_local_grid_to_the_end(home):
     snap = session.snapshot()
     assert snap.done and snap.metric_name == "loss" and snap.best_run().config["x"] == 1
     assert session.dir.startswith(str(home))
-    log = stream.getvalue()
+    log = capsys.readouterr().out
     assert log.count(" started ") == 4 and log.count(" finished in ") == 4
     assert "[agent 0 · cpu" in log and "best loss=" in log
     assert repr(session).startswith(f"<SweepSession {session.id} sweep=")
@@ -232,3 +231,10 @@ def test_launch_against_a_self_hosted_wandb(home, monkeypatch):
     assert not session.local and session.snapshot().metric_name == "loss"
     (result,) = session.results()
     assert result["state"] == "finished" and result["config"]["x"] in (3, 4)
+
+
+def test_table_is_bounded():
+    snap = _snap("finished", runs=[_run(f"r{i}", 0, loss=float(i)) for i in range(60)])
+    lines = text.table(snap).splitlines()
+    assert len(lines) == 2 + text.MAX_TABLE_ROWS + 1 and lines[-1].startswith("… 10 more runs")
+    assert len(text.table(snap, limit=None).splitlines()) == 62
