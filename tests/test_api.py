@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sweep_magic import _display, _function, api, text
+from sweep_magic import _display, _function, _target, api, text
 from sweep_magic.errors import FunctionError, SweepMagicError, SweepNotFound
 from sweep_magic.snapshot import AgentSnapshot, RunSnapshot, SessionSnapshot
 
@@ -57,17 +57,17 @@ def test_referenced_skips_modules_and_finds_nested_code():
 
 # --- sweep ids and metrics -------------------------------------------------------------------
 def test_sweep_id_forms():
-    assert api._split("abc") == (None, None, "abc")
-    assert api._split("p/abc") == (None, "p", "abc")
-    assert api._split("e/p/abc") == ("e", "p", "abc")
+    assert _target.split("abc") == (None, None, "abc")
+    assert _target.split("p/abc") == (None, "p", "abc")
+    assert _target.split("e/p/abc") == ("e", "p", "abc")
     with pytest.raises(SweepNotFound):
-        api._split("a/b/c/d")
+        _target.split("a/b/c/d")
 
 
 def test_metric_from_config():
-    assert api._metric({"metric": {"name": "acc", "goal": "maximize"}}) == ("acc", "maximize")
-    assert api._metric({"metric": {"name": "loss"}}) == ("loss", "minimize")
-    assert api._metric({}) == (None, None)
+    assert _target.metric({"metric": {"name": "acc", "goal": "maximize"}}) == ("acc", "maximize")
+    assert _target.metric({"metric": {"name": "loss"}}) == ("loss", "minimize")
+    assert _target.metric({}) == (None, None)
 
 
 def test_count_is_checked_before_anything():

@@ -1,0 +1,192 @@
+"""Where a sweep lives, and what its agents need to reach it.
+
+``resolve(sweep_id, project, entity)`` answers with a ``Target``: the embedded
+server when ``local_sweep`` made the sweep (``local_server().has_sweep``; the
+``ENTITY/PROJECT/ID`` forms are accepted), else the user's W&B server with the
+user's login, checked without starting anything: a key from ``WANDB_API_KEY``,
+``wandb.login()`` in this process or ``~/.netrc`` (wandb's order), then the sweep
+looked up with ``wandb.Api().sweep``.  Failures are one-line ``SweepNotFound`` /
+``LoginRequired`` errors.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from sweep_magic.errors import LoginRequired, SweepNotFound
+
+# The kernel's own wandb state must not leak into workers (WANDB_PROTOCOL.md §6):
+# WANDB_SERVICE would make every worker share — and die with — the kernel's wandb-core.
+STALE_ENV = (
+    "WANDB_SERVICE",
+    "WANDB_RUN_ID",
+    "WANDB_SWEEP_ID",
+    "WANDB_SWEEP_PARAM_PATH",
+    "WANDB_RUN_STORAGE_ID",
+    "WANDB_RESUME",
+    "WANDB_NAME",
+    "WANDB_NOTES",
+    "WANDB_TAGS",
+    "WANDB_RUN_GROUP",
+    "WANDB_JOB_TYPE",
+    "WANDB_CONFIG_PATHS",
+    "WANDB_NOTEBOOK_NAME",
+)
+LOCAL_HEARTBEAT_SECONDS = 1.0  # the embedded server is in-process: heartbeats are free
+CLOUD_HEARTBEAT_SECONDS = 5.0  # wandb's own default; don't hammer a shared W&B server
+DEFAULT_CLOUD_URL = "https://api.wandb.ai"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the agents go: the sweep as wandb.agent takes it, plus the env that reaches it."""
+
+    sweep_id: str  # bare id
+    project: str | None
+    entity: str | None
+    env: dict = field(default_factory=dict)
+    remove_env: tuple = STALE_ENV
+    report_url: str | None = None
+    heartbeat_seconds: float = CLOUD_HEARTBEAT_SECONDS
+    metric_name: str | None = None
+    metric_goal: str | None = None
+    local: bool = False
+
+
+def split(sweep_id: str) -> tuple[str | None, str | None, str]:
+    parts = [p for p in sweep_id.split("/") if p]
+    if not parts or len(parts) > 3:
+        raise SweepNotFound(f"{sweep_id!r} is not a sweep id (expected ID, PROJECT/ID or ENTITY/PROJECT/ID)")
+    parts = [None] * (3 - len(parts)) + parts
+    return parts[0], parts[1], parts[2]
+
+
+def resolve(sweep_id: str, project: str | None, entity: str | None) -> Target:
+    path_entity, path_project, bare = split(sweep_id)
+    entity = path_entity or entity
+    project = path_project or project
+    local = _local_target(sweep_id, bare, project, entity)
+    if local is not None:
+        return local
+    return _cloud_target(sweep_id, bare, project, entity)
+
+
+def _local_target(sweep_id: str, bare: str, project, entity) -> Target | None:
+    from sweep_magic.server import local_server
+
+    server = local_server()
+    if not (server.has_sweep(bare) or (bare != sweep_id and server.has_sweep(sweep_id))):
+        return None
+    config = server.sweep_config(bare) or {}
+    name, goal = metric(config)
+    # The sweep's own entity/project (not in the contract's sweep_config) keep offline
+    # runs filed where `wandb sync` would put the sweep; the caller's words win.
+    try:
+        row = server.controller.sweep(bare)
+        project, entity = project or row.get("project"), entity or row.get("entity")
+    except Exception:
+        pass
+    return Target(
+        sweep_id=bare,
+        project=project,
+        entity=entity,
+        # No stats sampling and no telemetry: the server is on this machine and the runs offline.
+        env={**server.env(), "WANDB_ERROR_REPORTING": "false", "WANDB__DISABLE_STATS": "true"},
+        remove_env=STALE_ENV + ("WANDB_IDENTITY_TOKEN_FILE",),
+        report_url=server.url,
+        heartbeat_seconds=LOCAL_HEARTBEAT_SECONDS,
+        metric_name=name,
+        metric_goal=goal,
+        local=True,
+    )
+
+
+def metric(config: dict) -> tuple[str | None, str | None]:
+    metric = config.get("metric") or {}
+    if not isinstance(metric, dict) or not metric.get("name"):
+        return None, None
+    return str(metric["name"]), ("maximize" if metric.get("goal") == "maximize" else "minimize")
+
+
+def _cloud_target(sweep_id: str, bare: str, project, entity) -> Target:
+    base_url, key, token_file = _login()
+    if not (key or token_file):
+        raise LoginRequired(
+            f"{sweep_id!r} is not a local sweep and there is no W&B login for {base_url}: "
+            "run `wandb login` (or set WANDB_API_KEY), or make a local sweep with sweep_magic.local_sweep(config)"
+        )
+    project = project or os.environ.get("WANDB_PROJECT")
+    entity = entity or os.environ.get("WANDB_ENTITY")
+    if not project:
+        raise SweepNotFound(
+            f"{sweep_id!r} is not a local sweep; for a W&B sweep give ENTITY/PROJECT/ID (or a project)"
+        )
+    import wandb
+
+    path = "/".join(p for p in (entity, project, bare) if p)
+    try:
+        api = wandb.Api(api_key=key, overrides={"base_url": base_url}) if key else wandb.Api()
+        sweep = api.sweep(path)
+        config = dict(sweep.config or {})
+        entity, project = sweep.entity or entity, sweep.project or project
+    except wandb.errors.AuthenticationError as err:
+        raise LoginRequired(f"W&B at {base_url} refused the login: {_first_line(err)}") from None
+    except Exception as err:  # CommError, ValueError, GraphQL errors: all mean "not there for you"
+        raise SweepNotFound(f"sweep {path!r} not found on {base_url} ({_first_line(err)})") from None
+    name, goal = metric(config)
+    env = {"WANDB_BASE_URL": base_url}
+    if key:
+        env["WANDB_API_KEY"] = key  # never logged: specs are 0600 files the worker deletes
+    return Target(
+        sweep_id=bare,
+        project=project,
+        entity=entity,
+        env=env,
+        remove_env=STALE_ENV + (("WANDB_IDENTITY_TOKEN_FILE",) if key else ()),
+        report_url=None,
+        heartbeat_seconds=CLOUD_HEARTBEAT_SECONDS,
+        metric_name=name,
+        metric_goal=goal,
+    )
+
+
+def _login() -> tuple[str, str | None, str | None]:
+    """(base URL, API key or None, identity token file or None), without touching the network."""
+    base_url = os.environ.get("WANDB_BASE_URL", "").rstrip("/")
+    token_file = os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or None
+    key = os.environ.get("WANDB_API_KEY") or None
+    try:
+        from wandb.sdk import wandb_setup
+
+        settings = wandb_setup.singleton().settings
+        base_url = base_url or (settings.base_url or "").rstrip("/")
+    except Exception:
+        settings = None
+    base_url = base_url or DEFAULT_CLOUD_URL
+    if key or token_file:
+        return base_url, key, token_file
+    # wandb's own lookups, in wandb's order: `wandb.login()` in this process, then ~/.netrc.
+    # Private modules: if they move in a later wandb, we only lose these fallbacks.
+    try:
+        from wandb.sdk.lib.wbauth import authenticate
+
+        auth = authenticate.session_credentials(host=base_url)
+        key = getattr(auth, "api_key", None)
+    except Exception:
+        pass
+    if not key:
+        try:
+            from wandb.sdk.lib.wbauth import wbnetrc
+
+            key = wbnetrc.read_netrc_auth(host=base_url)
+        except Exception:
+            pass
+    if not key and settings is not None:
+        key = getattr(settings, "api_key", None) or None
+    return base_url, key, None
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else type(err).__name__
