@@ -55,10 +55,15 @@ def test_nbclient_notebook_runs_an_8_point_grid(home):
         code("%%sweep_parallel {sid} --cpus 2 --wait" + TRAIN.format(seconds=0.05)),
         code("print(json.dumps({'headless': _display.headless(),\n"
              "                  'results': sweep_magic.sessions()[-1].results()}))"),
+        # Headless, so the magic waits even without --wait: the next cell finds the session done.
+        code(GRID.format(a=[7], b=[1], var="sid2", project="kernel-a2")),
+        code("%%sweep_parallel {sid2} --cpus 1" + TRAIN.format(seconds=0.05)),
+        code("print(sweep_magic.sessions()[-1].done, len(sweep_magic.sessions()[-1].results()))"),
     ])
     NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(home)}}).execute()
 
-    out = json.loads(nb.cells[-1].outputs[0]["text"])
+    assert nb.cells[-1].outputs[0]["text"].strip() == "True 1"
+    out = json.loads(nb.cells[3].outputs[0]["text"])
     results = out["results"]
     assert out["headless"] is True  # nbclient sends allow_stdin=False
     assert len(results) == 8 and {r["state"] for r in results} == {"finished"}
