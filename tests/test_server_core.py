@@ -12,7 +12,8 @@ import threading
 
 import pytest
 
-from sweep_magic.server.controller import BadInput, Controller, NotFound, point_key
+from sweep_magic.server.config import BadInput, NotFound, point_key
+from sweep_magic.server.controller import Controller
 from sweep_magic.server.graphql_core import GraphQLCore, http_status
 from sweep_magic.server.store import Store
 

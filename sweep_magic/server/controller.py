@@ -30,17 +30,13 @@ import threading
 import time
 from collections import Counter
 
-import yaml
-
-from sweep_magic.errors import SweepMagicError
 from sweep_magic.server import results_reader
+from sweep_magic.server.config import (SWEEP_STATES, BadInput, NotFound, jsonable, sweeps_engine,
+                                       point_key, split_config, validate_config)
 from sweep_magic.server.store import ACTIVE_RUN_STATES, Store
 
 log = logging.getLogger(__name__)
 
-SWEEP_STATES = ("RUNNING", "PAUSED", "CANCELED", "FINISHED")
-# Keys W&B's backend handles itself and the engine's schema does not know.
-SERVER_KEYS = ("run_cap", "retry_failed")
 # A grid point handed out and dropped this many times is marked failed, so a function that
 # dies before wandb.init cannot keep a sweep busy for ever.
 MAX_RECLAIMS_PER_POINT = 3
@@ -48,73 +44,8 @@ DEFAULT_AGENT_TIMEOUT = 75.0  # 3 missed 5 s heartbeats + wandb-core's 60 s retr
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
-def _sweeps():
-    """The engine, imported on first use; sweeps 0.2 sets a pydantic-v1 config key that v2 warns about."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Valid config keys have changed")
-        warnings.filterwarnings("ignore", message="Support for class-based `config`")
-        import sweeps
-    return sweeps
-
-
-class ControllerError(SweepMagicError):
-    """A request the server refuses; ``str()`` is shown to the client."""
-
-
-class NotFound(ControllerError):
-    pass
-
-
-class BadInput(ControllerError):
-    pass
-
-
 def new_id(n: int = 8) -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(n))
-
-
-def _jsonable(value):
-    """numpy scalars from the engine → plain Python (np.float64 is a float, np.int64 is not)."""
-    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-
-
-def point_key(config: dict) -> str:
-    """Canonical text of a run's parameter values: the identity of a grid point."""
-    return json.dumps({k: v.get("value") if isinstance(v, dict) else v for k, v in config.items()}, sort_keys=True)
-
-
-def split_config(config) -> tuple[dict, int | None, int]:
-    """(engine config, run_cap, retry_failed); raises BadInput on a config the engine refuses."""
-    if not isinstance(config, dict):
-        raise BadInput("sweep config must be a mapping")
-    engine = {k: v for k, v in config.items() if k not in SERVER_KEYS}
-    run_cap = config.get("run_cap")
-    if run_cap is not None and (not isinstance(run_cap, int) or isinstance(run_cap, bool) or run_cap <= 0):
-        raise BadInput(f"run_cap must be a positive integer, got {run_cap!r}")
-    retry = config.get("retry_failed", 0) or 0
-    if not isinstance(retry, int) or isinstance(retry, bool) or retry < 0:
-        raise BadInput(f"retry_failed must be a non-negative integer, got {retry!r}")
-    return engine, run_cap, retry
-
-
-def validate_config(config) -> list[str]:
-    """Warnings (schema violations) for a config the engine can run; BadInput otherwise."""
-    sweeps = _sweeps()
-    engine, _, _ = split_config(config)
-    warnings = list(sweeps.schema_violations_from_proposed_config(engine))
-    try:
-        # The engine's own first decision is the test that matters: it names what is wrong.
-        sweeps.next_run(engine, [])
-        if engine.get("early_terminate"):
-            sweeps.stop_runs(engine, [])
-    except Exception as err:  # the engine raises ValueError, KeyError, TypeError, jsonschema errors
-        # jsonschema appends the whole schema after a blank line: the first line is the reason.
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        extra = f" (schema: {'; '.join(w.splitlines()[0] for w in warnings)})" if warnings else ""
-        raise BadInput(f"invalid sweep config: {reason}{extra}") from None
-    return warnings
 
 
 class Controller:
@@ -127,6 +58,7 @@ class Controller:
         self._lock = threading.RLock()
         self._ending: queue.Queue = queue.Queue()
         self._early_stop_dirty: set[str] = set()
+        self._reported: set[str] = set()  # runs whose history comes over the side channel
         self._closing = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -272,7 +204,7 @@ class Controller:
 
     # -- engine -------------------------------------------------------------------------------
     def _engine_runs(self, sweep: dict, with_history: bool) -> list:
-        SweepRun = _sweeps().SweepRun
+        SweepRun = sweeps_engine().SweepRun
         engine, _, retry = split_config(sweep["config"])
         runs = self.store.runs_of_sweep(sweep["id"])
         failures = Counter(r["point"] for r in runs if r["state"] in ("failed", "crashed"))
@@ -291,23 +223,24 @@ class Controller:
         return out
 
     def _suggest(self, sweep: dict, dry: bool = False) -> dict | None:
-        sweeps = _sweeps()
+        sweeps = sweeps_engine()
         engine, run_cap, _ = split_config(sweep["config"])
-        needs_history = engine.get("method") == "bayes"
+        # A dry question ("is anything left?") needs no history: only grid runs out by itself.
+        needs_history = engine.get("method") == "bayes" and not dry
         runs = self._engine_runs(sweep, with_history=needs_history)
         if run_cap is not None and len(runs) >= run_cap:
             return None
         if dry and engine.get("method") != "grid":
-            return {}  # random and bayes never run out by themselves
+            return {}
         try:
             suggestion = sweeps.next_run(engine, runs)
         except Exception:
             log.exception("the sweeps engine failed on sweep %s", sweep["id"])
             return {} if dry else None
-        return None if suggestion is None else _jsonable(suggestion.config)
+        return None if suggestion is None else jsonable(suggestion.config)
 
     def _early_stop(self, sweep: dict) -> None:
-        sweeps = _sweeps()
+        sweeps = sweeps_engine()
         engine, _, _ = split_config(sweep["config"])
         if not engine.get("early_terminate") or sweep["id"] not in self._early_stop_dirty:
             return
@@ -341,6 +274,7 @@ class Controller:
             raise BadInput("'rows' must be a list of objects")
         with self._lock:
             run = self._run(run_id)
+            self._reported.add(run_id)
             self.store.append_history(run_id, rows)
             if not run["started"]:
                 self.store.update_run(run_id, started=1, started_at=run["started_at"] or time.time())
@@ -360,7 +294,7 @@ class Controller:
             run = self._run(run_id)
             if run["should_stop"] and state == "failed":
                 state = "killed"  # pyagent finishes a stopped run with exit code 1
-            self.store.update_run(run_id, state=state, exit_code=exit_code, summary=_jsonable(summary),
+            self.store.update_run(run_id, state=state, exit_code=exit_code, summary=jsonable(summary),
                                   started=1, ended_at=time.time())
             self._early_stop_dirty.add(run["sweep_id"])
 
@@ -403,7 +337,7 @@ class Controller:
                     rows = [r for r in rows if metric in r]
                 self.store.replace_history(run_id, rows)
                 self.store.update_run(run_id, state=state, exit_code=found.exit_code, started=1,
-                                      summary=_jsonable(found.summary), ended_at=time.time())
+                                      summary=jsonable(found.summary), ended_at=time.time())
             elif run["started"] or (run["seen"] and not agent.get("prefetch")):
                 # It ran (a plain agent lists a run only while it runs) and left no result.
                 self.store.update_run(run_id, state="crashed", ended_at=time.time())
@@ -422,11 +356,47 @@ class Controller:
             self.store.update_run(run["id"], state="reclaimed", ended_at=time.time())
 
     def _reaper_loop(self) -> None:
+        tick = 0
         while not self._closing.wait(1.0):
+            tick += 1
             try:
                 self.reap()
+                if tick % 2 == 0:
+                    self.read_live_history()
             except Exception:
                 log.exception("reaper failed")
+
+    def read_live_history(self) -> int:
+        """Hyperband for runs nobody reports (CLI agents): read their run files while they run.
+
+        Returns how many runs got new history.  Runs fed by the side channel are skipped."""
+        with self._lock:
+            todo = []
+            for sweep_id in self.store.sweep_ids(("RUNNING",)):
+                sweep = self.store.sweep(sweep_id)
+                if not split_config(sweep["config"])[0].get("early_terminate"):
+                    continue
+                metric = (sweep["config"].get("metric") or {}).get("name")
+                for run in self.store.runs_of_sweep(sweep_id):
+                    if run["state"] == "running" and run["id"] not in self._reported:
+                        agent = self.store.agent(run["agent_id"]) or {}
+                        dirs = self.wandb_dirs + ([agent["wandb_dir"]] if agent.get("wandb_dir") else [])
+                        todo.append((run["id"], sweep_id, metric, dirs))
+        updated = 0
+        for run_id, sweep_id, metric, dirs in todo:
+            found = results_reader.lookup(run_id, dirs)  # outside the lock: a subprocess
+            if found is None:
+                continue
+            rows = [_keep(r, metric) for r in found.history]
+            rows = [r for r in rows if metric in r] if metric else rows
+            with self._lock:
+                run = self.store.run(run_id)
+                if (run and run["state"] == "running" and run_id not in self._reported
+                        and len(rows) > self.store.history_count(run_id)):
+                    self.store.replace_history(run_id, rows)
+                    self._early_stop_dirty.add(sweep_id)
+                    updated += 1
+        return updated
 
     def reap(self, now: float | None = None) -> list[str]:
         """Mark agents that stopped heartbeating as gone; settle their runs.  Returns their ids."""
@@ -464,16 +434,3 @@ def _parse_run_state(run_state) -> set[str]:
     if not isinstance(run_state, dict):
         raise BadInput("runState must be a JSON object")
     return {str(k) for k, v in run_state.items() if v}
-
-
-def parse_config_text(text: str | None) -> dict:
-    """The client sends the config as YAML (JSON is valid YAML too)."""
-    if not text:
-        raise BadInput("a new sweep needs a config")
-    try:
-        config = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise BadInput(f"sweep config is not valid YAML: {err}") from None
-    if not isinstance(config, dict):
-        raise BadInput("sweep config must be a mapping")
-    return config

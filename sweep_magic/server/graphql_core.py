@@ -15,7 +15,8 @@ import math
 import graphql
 import yaml
 
-from sweep_magic.server.controller import Controller, ControllerError, NotFound, parse_config_text
+from sweep_magic.server.config import ControllerError, NotFound, parse_config_text
+from sweep_magic.server.controller import Controller
 from sweep_magic.server.schema import SDL
 
 BAD_REQUEST, NOT_FOUND, REFUSED = "BAD_REQUEST", "NOT_FOUND", "REFUSED"

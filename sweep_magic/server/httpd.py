@@ -23,7 +23,8 @@ import logging
 import re
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from sweep_magic.server.controller import BadInput, Controller, ControllerError, NotFound
+from sweep_magic.server.config import BadInput, ControllerError, NotFound
+from sweep_magic.server.controller import Controller
 from sweep_magic.server.graphql_core import GraphQLCore, http_status
 
 log = logging.getLogger(__name__)
