@@ -92,6 +92,8 @@ class SweepMagics(Magics):
         if cell is not None and not cell.strip():
             raise UsageError("%%sweep_parallel needs a cell that defines the function to run")
         function = self._function(args, cell)
+        if args.config is not None:
+            _precheck(function, args)  # a bad function or placement must not leave a new sweep behind
         sweep_id = self._sweep_id(args)
         try:
             session = api.launch(
@@ -207,6 +209,17 @@ class SweepMagics(Magics):
 
 
 SweepMagics.sweep_parallel.__doc__ += _EXAMPLES  # shown by %%sweep_parallel? after the options
+
+
+def _precheck(function, args) -> None:
+    """What ``launch`` would refuse, checked before ``--config`` creates a sweep."""
+    from sweep_magic import _function, devices
+
+    try:
+        _function.prepare(function)
+        devices.plan(gpus=args.gpus, cpus=args.cpus, agents_per_gpu=args.agents_per_gpu)
+    except SweepMagicError as err:
+        raise UsageError(str(err)) from None
 
 
 def _load_config(ref: str, ns: dict) -> dict:

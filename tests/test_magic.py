@@ -256,3 +256,15 @@ def test_cell_with_config_runs_a_local_sweep(ip, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "[agent 0 · cpu" in out and "2 runs done" in out
     assert os.path.isdir(results[0]["dir"])
+
+
+def test_config_with_a_bad_function_makes_no_sweep(ip, nothing_started, tmp_path, monkeypatch):
+    monkeypatch.setenv("SWEEP_MAGIC_HOME", str(tmp_path))
+    from sweep_magic.server import local_server
+
+    ip.user_ns["cfg"] = {"method": "grid", "project": "nosweep", "parameters": {"x": {"values": [1]}}}
+    store = local_server().controller.store  # internal, read only: no public listing of sweeps
+    before = store.sweep_ids()
+    message = usage_error(ip, "%%sweep_parallel --config cfg --cpus 1\ndef train(lr):\n    pass\n")
+    assert "required arguments" in message
+    assert store.sweep_ids() == before
