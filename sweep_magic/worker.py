@@ -16,7 +16,8 @@ threads, CUDA state and IPython).  In order, it
 
 Events go to the events fd only; the user's stdout/stderr are the log file the
 supervisor opened for us.  Signals: SIGUSR1 = drain (finish the current run, then
-exit); SIGINT = pyagent's Ctrl-C (stop the run, exit); SIGTERM/SIGKILL = die.
+exit); SIGINT = pyagent's Ctrl-C (stop the run, exit); SIGTERM = SIGKILL our whole
+process group at once (also what PR_SET_PDEATHSIG sends when the kernel dies).
 Exit codes: 0 = the agent ended (count reached, sweep done, drained, stopped);
 3 = the agent could not run (``AgentExiting.error`` says why).
 """
@@ -53,6 +54,14 @@ class WorkerSpec:
     heartbeat_seconds: float = 5.0
 
 
+def _kill_group(*_args) -> None:
+    """Take everything we started (the user's children too) with us."""
+    try:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    finally:
+        os._exit(1)
+
+
 def _watch_lifeline(fd: int) -> None:
     def watch():
         while True:
@@ -63,16 +72,16 @@ def _watch_lifeline(fd: int) -> None:
                 continue
             except OSError:
                 break
-        # The parent is gone: take everything we started (the user's children too) with us.
-        try:
-            os.killpg(os.getpgrp(), signal.SIGKILL)
-        finally:
-            os._exit(1)
+        _kill_group()  # the parent is gone
 
     threading.Thread(target=watch, name="sweep-magic-lifeline", daemon=True).start()
 
 
 def _die_with_parent() -> None:
+    # SIGTERM, not SIGKILL: a SIGKILLed worker could not kill its group, and the user's own
+    # children (data loaders, `subprocess`es) would outlive the kernel.  SIGTERM from the
+    # supervisor's stop means the same thing: everything in the group goes, now.
+    signal.signal(signal.SIGTERM, _kill_group)
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -80,7 +89,7 @@ def _die_with_parent() -> None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except Exception:
         pass  # the lifeline still covers it
 
