@@ -91,7 +91,7 @@ def _global_names(code: types.CodeType) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _why_unpicklable(function, err: Exception, _depth: int = 0) -> str:
+def _why_unpicklable(function, err: Exception, _via: tuple[str, ...] = ()) -> str:
     import cloudpickle
 
     for name, value in referenced(function):
@@ -99,10 +99,11 @@ def _why_unpicklable(function, err: Exception, _depth: int = 0) -> str:
             cloudpickle.dumps(value)
         except Exception as inner:
             # A helper function that fails is only the messenger: name what it uses.
-            if _depth < 3 and isinstance(value, types.FunctionType):
-                return _why_unpicklable(value, inner, _depth + 1)
+            if len(_via) < 3 and isinstance(value, types.FunctionType):
+                return _why_unpicklable(value, inner, _via + (_name(function),))
+            who = " → ".join(_via + (_name(function),))
             return (
-                f"{_name(function)} uses `{name}` (a {type(value).__name__}), which cannot be pickled to send "
+                f"{who} uses `{name}` (a {type(value).__name__}), which cannot be pickled to send "
                 f"to a worker ({_first_line(inner)}); create it inside the function instead"
             )
     return f"{_name(function)} cannot be pickled to send to a worker: {_first_line(err)}"

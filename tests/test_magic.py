@@ -136,7 +136,7 @@ def test_unpicklable_global_is_named(ip, nothing_started):
     # The lock hides behind a helper from an earlier cell: the message names the lock itself.
     ip.run_cell("import threading\nlock = threading.Lock()\ndef helper():\n    return lock")
     message = usage_error(ip, "%%sweep_parallel abc --cpus 1\ndef train():\n    helper()\n")
-    assert "uses `lock` (a lock)" in message and "cannot be pickled" in message
+    assert "train → helper uses `lock` (a lock), which cannot be pickled" in message
 
 
 def test_unpicklable_closure_is_named(ip, nothing_started):
