@@ -1,0 +1,200 @@
+"""4. Kernel responsiveness under a log flood.
+
+A real kernel (jupyter_client ``KernelManager``, the venv's ``python3`` kernelspec, a client
+that allows stdin as JupyterLab does, so the magic shows the panel).  Inside it, on the kernel's
+own embedded server::
+
+    %load_ext sweep_magic
+    %%sweep_parallel SWEEP --cpus 8 --no-wait       # the cell defines the flood trial
+
+Each of the 8 agents runs one trial that calls ``run.log({...})`` 2,000 times a second (paced in
+10 ms slices).  Once every agent is inside its run: round trips of a trivial cell
+(``execute("1")`` → ``execute_reply``), the kernel's CPU% over that window (psutil on the kernel
+pid), and the widget messages the kernel sends (``comm_msg`` on iopub, counted by our client;
+also the panel's own ``stats.messages_sent``).  The same round trips on the idle kernel first,
+for reference.  Each agent's achieved log rate comes from the trial's own count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+
+import psutil
+
+from benchmarks._common import REPO, TRIAL_SRC, Bench, pct, read_times, rnd
+
+FULL = dict(agents=8, rate=2000, seconds=30, round_trips=200)
+QUICK = dict(agents=4, rate=2000, seconds=14, round_trips=50)
+GAP_BETWEEN = 0.02  # seconds between round trips: a person re-running cells, not a tight loop
+
+
+class _Iopub(threading.Thread):
+    """Drains iopub (only this thread touches that socket): comm_msg times, outputs of a request."""
+
+    def __init__(self, kc):
+        super().__init__(daemon=True, name="bench-iopub")
+        self.kc = kc
+        self.comm_times: list[float] = []
+        self.outputs: dict[str, list[str]] = {}
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                msg = self.kc.get_iopub_msg(timeout=0.2)
+            except queue.Empty:
+                continue
+            except Exception:
+                if self.stop.is_set():
+                    return
+                continue
+            kind = msg.get("msg_type")
+            if kind == "comm_msg":
+                self.comm_times.append(time.monotonic())
+            elif kind in ("stream", "error", "execute_result"):
+                parent = msg.get("parent_header", {}).get("msg_id")
+                c = msg["content"]
+                text = c.get("text") or c.get("data", {}).get("text/plain") or "\n".join(c.get("traceback", []))
+                self.outputs.setdefault(parent, []).append(text)
+
+
+def _execute(kc, iopub: _Iopub, code: str, timeout: float = 120) -> tuple[float, str, str]:
+    """(seconds to execute_reply, status, output text) of one cell."""
+    t0 = time.perf_counter()
+    msg_id = kc.execute(code, allow_stdin=True, store_history=False)
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if reply.get("parent_header", {}).get("msg_id") == msg_id:
+            break
+    elapsed = time.perf_counter() - t0
+    time.sleep(0.05)  # outputs travel on iopub and may trail the reply a little
+    return elapsed, reply["content"]["status"], "".join(iopub.outputs.pop(msg_id, []))
+
+
+def _round_trips(kc, iopub: _Iopub, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        msg_id = kc.execute("1", store_history=False)
+        while True:
+            reply = kc.get_shell_msg(timeout=60)
+            if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                break
+        times.append(time.perf_counter() - t0)
+        iopub.outputs.pop(msg_id, None)
+        time.sleep(GAP_BETWEEN)
+    return times
+
+
+def _max_per_window(times: list[float], width: float = 1.0) -> int:
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= width:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def run(bench: Bench) -> dict:
+    from jupyter_client import KernelManager
+
+    cfg = QUICK if bench.quick else FULL
+    n = cfg["agents"]
+    times_path = os.path.join(bench.root, "kernel-flood.jsonl")
+    out: dict = {"agents": n, "target_rate_per_agent": cfg["rate"], "round_trips": cfg["round_trips"]}
+
+    km = KernelManager(kernel_name="python3")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    km.start_kernel(cwd=bench.root, env=env)
+    kc = km.client()
+    kc.allow_stdin = True
+    kc.start_channels()
+    iopub = _Iopub(kc)
+    try:
+        kc.wait_for_ready(timeout=90)
+        iopub.start()
+        _, status, text = _execute(kc, iopub, "import os, json, time, sweep_magic; print(os.getpid())")
+        if status != "ok":
+            raise RuntimeError(f"kernel setup failed: {text}")
+        kernel = psutil.Process(int(text.strip().splitlines()[-1]))
+        idle = _round_trips(kc, iopub, min(50, cfg["round_trips"]))
+        out["idle"] = {"p50_ms": rnd(pct(idle, 50) * 1e3, 1), "p99_ms": rnd(pct(idle, 99) * 1e3, 1)}
+        bench.log(f"  kernel idle round trip p50 {out['idle']['p50_ms']} ms, p99 {out['idle']['p99_ms']} ms")
+
+        sweep_cfg = {"method": "grid", "parameters": {
+            "x": {"values": list(range(n))}, "kind": {"value": "flood"}, "rate": {"value": cfg["rate"]},
+            "seconds": {"value": cfg["seconds"]}, "times": {"value": times_path}}}
+        setup = (f"import warnings; warnings.simplefilter('ignore')\n"
+                 f"bench_sid = sweep_magic.local_sweep({sweep_cfg!r}, project='bench')\n"
+                 f"%load_ext sweep_magic\n")
+        _, status, text = _execute(kc, iopub, setup)
+        if status != "ok":
+            raise RuntimeError(f"sweep setup failed: {text}")
+        t_launch = time.monotonic()
+        _, status, text = _execute(kc, iopub, f"%%sweep_parallel {{bench_sid}} --cpus {n} --no-wait\n{TRIAL_SRC}")
+        if status != "ok":
+            raise RuntimeError(f"%%sweep_parallel failed: {text}")
+        wait_code = ("s = sweep_magic.sessions()[-1]\n"
+                     "deadline = time.time() + 120\n"
+                     "while time.time() < deadline and not all(a.current_run for a in s.agents()):\n"
+                     "    time.sleep(0.1)\n"
+                     "from sweep_magic.panel import _PANELS\n"
+                     "p = _PANELS.get(s.id)\n"
+                     "print(json.dumps({'running': sum(1 for a in s.agents() if a.current_run),\n"
+                     "  'panel': p is not None, 'sent': p.stats.messages_sent if p else None}))")
+        _, status, text = _execute(kc, iopub, wait_code, timeout=150)
+        state = json.loads(text.strip().splitlines()[-1])
+        out["all_running_after_s"] = rnd(time.monotonic() - t_launch, 2)
+        if state["running"] < n:
+            raise RuntimeError(f"only {state['running']}/{n} agents reached their run")
+        out["panel_shown"] = state["panel"]
+
+        # The measured window: round trips, kernel CPU, widget messages.
+        comm_before = len(iopub.comm_times)
+        cpu0, w0, m0 = kernel.cpu_times(), time.monotonic(), time.monotonic()
+        flood = _round_trips(kc, iopub, cfg["round_trips"])
+        cpu1, w1 = kernel.cpu_times(), time.monotonic()
+        window = w1 - w0
+        comm = [t for t in iopub.comm_times[comm_before:] if t <= w1]
+        out["flood"] = {
+            "window_s": rnd(window, 2),
+            "p50_ms": rnd(pct(flood, 50) * 1e3, 1),
+            "p99_ms": rnd(pct(flood, 99) * 1e3, 1),
+            "max_ms": rnd(max(flood) * 1e3, 1),
+            "kernel_cpu_pct": rnd(100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / window, 1),
+            "widget_msgs_per_s": rnd(len(comm) / window, 1),
+            "widget_msgs_max_1s": _max_per_window(comm) if comm else 0,
+        }
+        bench.log(f"  under flood: {out['flood']}")
+        _, status, text = _execute(kc, iopub, (
+            "from sweep_magic.panel import _PANELS\n"
+            "p = _PANELS.get(s.id)\n"
+            f"print(json.dumps(None if p is None else {{'sent': p.stats.messages_sent, "
+            f"'max_1s': p.stats.max_in_window(1.0, since=time.monotonic() - {window + 1.0}), "
+            f"'deferred': p.stats.deferred, 'errors': p.stats.errors}}))"))
+        out["panel_stats"] = json.loads(text.strip().splitlines()[-1]) if status == "ok" and text.strip() else None
+        # Let the trials end on their own, so each agent's achieved rate is on file.
+        _, status, text = _execute(kc, iopub, "print(s.wait(timeout=90)); print(s.snapshot().state)", timeout=120)
+        out["session_end"] = text.strip().replace("\n", " ")
+    finally:
+        try:
+            if kc.is_alive():
+                _execute(kc, iopub, "sweep_magic.stop_all()", timeout=60)
+        except Exception:
+            pass
+        iopub.stop.set()
+        kc.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel(now=False)
+        km.cleanup_resources()
+    rows = read_times(times_path)
+    rates = [r["logged"] / (r["worked"] - r["inited"]) for r in rows if r["worked"] > r["inited"]]
+    out["achieved_rate_per_agent"] = {"agents_reporting": len(rows),
+                                      "min": rnd(min(rates), 0) if rates else None,
+                                      "median": rnd(sorted(rates)[len(rates) // 2], 0) if rates else None}
+    return out
