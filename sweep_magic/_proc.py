@@ -1,10 +1,16 @@
-"""Process helpers for the supervisor: signalling a group, naming an exit, reaping sidecars."""
+"""Process helpers for the supervisor: spawning a worker, signalling its group, naming an
+exit, reaping wandb-core sidecars, reporting a run lost with its agent."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 import time
+
+from sweep_magic import _env
 
 _HINTS = {
     "SIGKILL": "often the out-of-memory killer",
@@ -87,3 +93,61 @@ def wait_until(predicate, timeout: float | None, step: float = 0.05) -> bool:
             return False
         time.sleep(step)
     return True
+
+
+def spawn_worker(spec, log_path: str, spec_dir: str, header: str) -> tuple[subprocess.Popen, int]:
+    """Start ``python -m sweep_magic.worker``; returns the process (with ``_events_fd``, the
+    read end of its events pipe, and ``_spec_path``) and the lifeline's write end."""
+    import cloudpickle
+
+    fd, spec_path = tempfile.mkstemp(prefix=".spec-", dir=spec_dir)  # 0600: it holds the API key
+    with os.fdopen(fd, "wb") as f:
+        cloudpickle.dump(spec, f)
+    events_r, events_w = os.pipe()
+    life_r, life_w = os.pipe()  # only we hold the write end: its EOF is our death
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(log_fd, (header + "\n").encode())
+        cmd = [
+            sys.executable, "-m", "sweep_magic.worker", "--spec", spec_path,
+            "--events-fd", str(events_w), "--lifeline-fd", str(life_r),
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
+            env=_env.child_env(os.environ, spec),
+            pass_fds=(events_w, life_r),
+            start_new_session=True,  # its own process group: signals reach the user's children too
+        )
+    except BaseException:
+        for x in (events_r, life_w):
+            os.close(x)
+        unlink(spec_path)
+        raise
+    finally:
+        for x in (events_w, life_r, log_fd):
+            os.close(x)
+    proc._events_fd = events_r
+    proc._spec_path = spec_path
+    return proc, life_w
+
+
+def report_lost_run(spec, run_id: str, state: str, code: int) -> None:
+    """Tell the embedded server at once that a run died with its agent, so the sweep does
+    not wait for the agent's heartbeats to time out before it can finish."""
+    from sweep_magic import _hooks
+
+    key = spec.env.get("WANDB_API_KEY", "")
+    try:
+        _hooks.post(spec.report_url, key, f"runs/{run_id}/finish", {"exit_code": code, "state": state, "summary": {}})
+    except Exception:
+        pass  # the server settles it from missed heartbeats instead
+
+
+def unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

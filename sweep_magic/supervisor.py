@@ -34,13 +34,11 @@ import os
 import queue
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from typing import Callable
 
-from sweep_magic import _env, _proc
+from sweep_magic import _proc
 from sweep_magic.devices import AgentSlot
 from sweep_magic.events import AgentExiting, AgentRegistered, Metrics, RunFinished, RunStarted, parse_line
 from sweep_magic.snapshot import AGENT_ENDED, AgentSnapshot, RunSnapshot, SessionSnapshot
@@ -122,6 +120,7 @@ class Supervisor:
             self._started_at = time.time()
             for agent in self._agents:
                 agent.due = 0.0
+            self._maybe_finish()  # no slots: nothing to wait for
             self._changed()
         atexit.register(self._atexit)
         self._ensure_control()
@@ -271,7 +270,8 @@ class Supervisor:
             else:
                 try:
                     spec = self._spec_for_slot(agent.slot)
-                    proc, lifeline = self._popen(agent, spec)
+                    header = f"[sweep_magic] agent {agent.index} ({agent.slot.label}) starting"
+                    proc, lifeline = _proc.spawn_worker(spec, agent.log_path, self._log_dir, header)
                 except Exception as err:
                     self._end(agent, "failed", f"could not start: {type(err).__name__}: {err}")
                     self._changed()
@@ -288,42 +288,6 @@ class Supervisor:
                     self._changed()
         self._fire()
 
-    def _popen(self, agent: _Agent, spec) -> tuple[subprocess.Popen, int]:
-        import cloudpickle
-
-        fd, spec_path = tempfile.mkstemp(prefix=f".spec-{agent.index}-", dir=self._log_dir)  # 0600
-        with os.fdopen(fd, "wb") as f:
-            cloudpickle.dump(spec, f)
-        events_r, events_w = os.pipe()
-        life_r, life_w = os.pipe()
-        log_fd = os.open(agent.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(log_fd, f"[sweep_magic] agent {agent.index} ({agent.slot.label}) starting\n".encode())
-            cmd = [
-                sys.executable, "-m", "sweep_magic.worker", "--spec", spec_path,
-                "--events-fd", str(events_w), "--lifeline-fd", str(life_r),
-            ]  # fmt: skip
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=subprocess.STDOUT,
-                env=_env.child_env(os.environ, spec),
-                pass_fds=(events_w, life_r),
-                start_new_session=True,  # its own process group: signals reach the user's children too
-            )
-        except BaseException:
-            for x in (events_r, life_w):
-                os.close(x)
-            _unlink(spec_path)
-            raise
-        finally:
-            for x in (events_w, life_r, log_fd):
-                os.close(x)
-        proc._events_fd = events_r
-        proc._spec_path = spec_path
-        return proc, life_w
-
     # ------------------------------------------------------------------ per-process threads
     def _read_events(self, agent: _Agent, proc: subprocess.Popen, fd: int) -> None:
         with os.fdopen(fd, "rb") as stream:
@@ -338,14 +302,14 @@ class Supervisor:
         # copies of the events pipe if they were forked, which would keep the reader waiting.
         _proc.signal_group(proc.pid, signal.SIGKILL)
         reader.join(timeout=5)
-        _unlink(proc._spec_path)
+        _proc.unlink(proc._spec_path)
         with self._lock:
             lost = self._on_exit(agent, proc, code)
             spec = agent.spec
             self._changed()
         self._fire()
         if lost and getattr(spec, "report_url", None):
-            _report_lost_run(spec, *lost)
+            _proc.report_lost_run(spec, *lost)
         _proc.reap_sidecars(proc.pid)
         with self._lock:
             # ``wait()`` and ``stop()`` return only once the sidecars are gone too.
@@ -531,24 +495,3 @@ def _signal_pid(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _report_lost_run(spec, run_id: str, state: str, code: int) -> None:
-    """Tell the embedded server at once that a run died with its agent, so the sweep does
-    not wait for the agent's heartbeats to time out before it can finish."""
-    from sweep_magic import _hooks
-
-    key = spec.env.get("WANDB_API_KEY", "")
-    try:
-        _hooks.post(spec.report_url, key, f"runs/{run_id}/finish", {"exit_code": code, "state": state, "summary": {}})
-    except Exception:
-        pass  # the server settles it from missed heartbeats instead
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-

@@ -100,12 +100,16 @@ def test_grid_sweep_end_to_end(server, tmp_path, monkeypatch):
     # As in a kernel that touched wandb: its service must not leak into the workers.
     monkeypatch.setenv("WANDB_SERVICE", "3-1-unix-/nonexistent/socket")
     monkeypatch.setenv("WANDB_RUN_ID", "stale")
-    sup = start(server, train_ok, tmp_path, [1, 2, 3, 4], agents=2)
+    changes = []
+    sup = start(server, train_ok, tmp_path, [1, 2, 3, 4], agents=2, on_change=lambda: changes.append(1))
+    first = sup.snapshot()
     try:
         assert sup.wait(120), sup.snapshot()
         snap = sup.snapshot()
     finally:
         sup.stop()
+    assert first.state == "running" and len(first.agents) == 2 and first.runs == ()
+    assert snap.version > first.version and len(changes) > 5 and sup.snapshot() is sup.snapshot()
     assert snap.state == "finished" and snap.done
     assert [a.state for a in snap.agents] == ["exited", "exited"]
     assert sorted(r.config["x"] for r in snap.runs) == [1, 2, 3, 4]
@@ -232,3 +236,42 @@ def test_eight_agents_started_together_get_distinct_first_configs(server, tmp_pa
         first.setdefault(run.agent, run.config["x"])
     assert len(first) == 8 and len(set(first.values())) == 8, snap.runs
     assert all(a.state == "exited" and a.runs_done == 1 for a in snap.agents)
+
+
+def test_drain_kill_and_restart_one_agent(server, tmp_path):
+    sup = start(server, train_slow, tmp_path, range(1, 6), agents=2)
+    try:
+        wait_for(lambda: all(a.state == "running" for a in sup.snapshot().agents), 90, "two running agents", sup)
+        draining = sup.snapshot().agents[0].current_run
+        sup.drain_agent(0)
+        assert sup.snapshot().agents[0].state == "draining"
+        killed = sup.snapshot().agents[1].current_run
+        sup.kill_agent(1)
+        wait_for(lambda: sup.snapshot().agents[1].state == "killed", 30, "agent 1 killed", sup)
+        wait_for(lambda: sup.snapshot().agents[0].state == "exited", 30, "agent 0 drained", sup)
+        snap = sup.snapshot()
+        runs = {r.run_id: r for r in snap.runs}
+        assert runs[draining].state == "finished"  # the drained agent finished its run first
+        assert runs[killed].state == "killed" and snap.agents[0].reason == "drained"
+        assert snap.agents[0].runs_done == 1 and snap.agents[1].restarts == 0  # killed: no restart
+        assert sup.wait(30) and sup.snapshot().state == "finished"  # done once the sidecars are gone
+        sup.restart_agent(1)
+        assert sup.wait(120)
+        snap = sup.snapshot()
+    finally:
+        sup.stop()
+    assert snap.agents[1].restarts == 1 and snap.agents[1].state == "exited" and snap.agents[1].runs_done >= 1
+    assert snap.state == "finished"
+
+
+def test_stop_with_drain_lets_runs_finish(server, tmp_path):
+    sup = start(server, train_slow, tmp_path, range(1, 9), agents=2)
+    try:
+        wait_for(lambda: all(a.state == "running" for a in sup.snapshot().agents), 90, "two running agents", sup)
+        running = {a.current_run for a in sup.snapshot().agents}
+    finally:
+        sup.stop(drain=True, timeout=60)
+    snap = sup.snapshot()
+    assert snap.state == "stopped" and not our_processes()
+    assert {r.run_id: r.state for r in snap.runs if r.run_id in running} == dict.fromkeys(running, "finished")
+    assert [a.state for a in snap.agents] == ["exited", "exited"]

@@ -76,7 +76,7 @@ def spec_builder(server, function, sweep_id, wandb_dir, *, count=None, metric="l
     return spec_for_slot
 
 
-def start(server, function, tmp_path, values, *, agents=2, count=None, max_restarts=3, slots=None):
+def start(server, function, tmp_path, values, *, agents=2, count=None, max_restarts=3, slots=None, on_change=None):
     """A started Supervisor running ``function`` over a grid of ``x`` in ``values``."""
     sweep_id = grid_sweep(server, values)
     (tmp_path / "wandb").mkdir(exist_ok=True)
@@ -91,6 +91,7 @@ def start(server, function, tmp_path, values, *, agents=2, count=None, max_resta
         metric_name="loss",
         metric_goal="minimize",
         max_restarts=max_restarts,
+        on_change=on_change,
     )
     supervisor.start()
     return supervisor
