@@ -167,3 +167,39 @@ def test_wandb_api_best_run(env_dirs, monkeypatch):
     finally:
         reap(procs)
         srv.stop()
+
+
+SLOW_WHEN_BAD = """
+import argparse, time, wandb
+parser = argparse.ArgumentParser()
+parser.add_argument("--x", type=float)
+args = parser.parse_args()
+with wandb.init() as run:
+    for step in range(2000):
+        run.log({"loss": args.x})
+        time.sleep(0.01 if args.x > 10 else 0.0)
+"""
+
+
+def test_hyperband_stops_a_cli_run_read_from_its_live_run_file(env_dirs):
+    # wandb-core writes the run file in 32 KiB blocks, so live history exists only for runs that
+    # log enough; 2000 steps fill several blocks.
+    tmp_path, wd = env_dirs
+    srv = serve(db=str(tmp_path / "db" / "s.sqlite3"), wandb_dirs=[str(wd)])
+    procs = []
+    try:
+        write_script(tmp_path / "train.py", SLOW_WHEN_BAD)
+        sid = srv.create_sweep({
+            "method": "grid", "program": "train.py", "metric": {"name": "loss", "goal": "minimize"},
+            "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2},
+            "parameters": {"x": {"values": [1.0, 1.5, 100.0]}}}, project="p")
+        cmd = [os.path.join(VENV_BIN, "wandb"), "agent", "-p", "p", sid]
+        procs = [start(cmd, agent_env(srv.env(), wd), tmp_path, tmp_path / "agent0.log")]
+        assert wait_all(procs, 150) == [0], _logs(tmp_path, 1)
+        by_x = {r["config"]["x"]["value"]: r for r in srv.runs(sid)}
+        assert by_x[1.0]["state"] == by_x[1.5]["state"] == "finished"
+        assert by_x[100.0]["should_stop"] and by_x[100.0]["state"] in ("killed", "crashed")
+        assert srv.controller.store.history_count(by_x[100.0]["id"]) < 2000
+    finally:
+        reap(procs)
+        srv.stop()

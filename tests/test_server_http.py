@@ -129,3 +129,33 @@ def test_cli_prints_two_lines_and_exits_cleanly_on_sigterm(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_burst_of_concurrent_heartbeats(server):
+    import threading
+
+    sid = server.create_sweep({"method": "grid", "parameters": {"x": {"values": list(range(30))}}}, project="p")
+    agents = [server.controller.create_agent(sid, "h") for _ in range(12)] + ["ghost1", "ghost2"]
+    statuses, handed, lock = [], [], threading.Lock()
+
+    def beat(agent):
+        for _ in range(4):
+            status, body = _post(server, "/graphql", _hb_query(agent))
+            with lock:
+                statuses.append(status)
+            if status == 200:
+                for cmd in json.loads(body["data"]["agentHeartbeat"]["commands"]):
+                    if cmd["type"] == "run":
+                        with lock:
+                            handed.append(cmd["args"]["x"]["value"])
+                        _post(server, f"/sweep_magic/v1/runs/{cmd['run_id']}/finish", {"exit_code": 0})
+
+    threads = [threading.Thread(target=beat, args=(a,)) for a in agents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert set(statuses) == {200, 404} and statuses.count(404) == 8
+    assert len(handed) == len(set(handed)) == 30  # every point once, none twice
+    assert len(server.runs(sid)) == 30
+    assert _post(server, "/graphql", {"query": "query Viewer { viewer { id } }"})[0] == 200

@@ -251,8 +251,9 @@ class Controller:
             log.exception("early termination failed on sweep %s", sweep["id"])
             return
         for run in to_stop:
-            log.info("run %s of sweep %s: early stop", run.name, sweep["id"])
-            self.store.update_run(run.name, should_stop=1)
+            if not self.store.run(run.name)["should_stop"]:
+                log.info("run %s of sweep %s: early stop", run.name, sweep["id"])
+                self.store.update_run(run.name, should_stop=1)
 
     # -- side channel -------------------------------------------------------------------------
     def _run(self, run_id: str) -> dict:
@@ -369,7 +370,9 @@ class Controller:
     def read_live_history(self) -> int:
         """Hyperband for runs nobody reports (CLI agents): read their run files while they run.
 
-        Returns how many runs got new history.  Runs fed by the side channel are skipped."""
+        Best effort: wandb-core writes the file in 32 KiB blocks, so a run's history shows up
+        here only once it has logged a block's worth.  Returns how many runs got new history.
+        Runs fed by the side channel are skipped."""
         with self._lock:
             todo = []
             for sweep_id in self.store.sweep_ids(("RUNNING",)):
@@ -384,7 +387,7 @@ class Controller:
                         todo.append((run["id"], sweep_id, metric, dirs))
         updated = 0
         for run_id, sweep_id, metric, dirs in todo:
-            found = results_reader.lookup(run_id, dirs)  # outside the lock: a subprocess
+            found = results_reader.lookup(run_id, dirs, live=True)  # outside the lock: a subprocess
             if found is None:
                 continue
             rows = [_keep(r, metric) for r in found.history]

@@ -78,13 +78,15 @@ def read_run_file(path: str, timeout: float = 30.0) -> RunFileResult:
     return result
 
 
-def lookup(run_id: str, dirs: list[str]) -> RunFileResult | None:
-    """Find and read a run's file; ``None`` when there is none (or it cannot be read)."""
+def lookup(run_id: str, dirs: list[str], *, live: bool = False) -> RunFileResult | None:
+    """Find and read a run's file; ``None`` when there is none (or it cannot be read).
+
+    ``live``: the run is still writing; a file with no complete block yet is normal then."""
     path = find_run_file(run_id, dirs)
     if path is None:
         return None
     try:
         return read_run_file(path)
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as err:
-        log.warning("cannot read run file %s: %s", path, err)
+        log.log(logging.DEBUG if live else logging.WARNING, "cannot read run file %s: %s", path, err)
         return None
