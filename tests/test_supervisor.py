@@ -35,6 +35,15 @@ def train_ok():
         print(f"user output for x={x}", flush=True)
 
 
+def train_floods():
+    import wandb
+
+    with wandb.init() as run:
+        for i in range(3000):
+            run.log({"loss": float(i), "other": i})
+        print("flooded", flush=True)
+
+
 def train_raises_on_2():
     import wandb
 
@@ -64,6 +73,15 @@ def train_aborts_on_1():
         run.log({"loss": 1.0})
         if run.config.x == 1:
             os.abort()
+
+
+def train_always_aborts():
+    import os
+
+    import wandb
+
+    wandb.init()
+    os.abort()
 
 
 def train_hangs():
@@ -125,8 +143,11 @@ def test_grid_sweep_end_to_end(server, tmp_path, monkeypatch):
     assert len(by_agent) == 2 and len(set(by_agent.values())) == 2
     assert sum(a.runs_done for a in snap.agents) == 4
     assert snap.best_run().config["x"] == 1
-    # The server heard the outcome over the side channel.
+    # The server heard the outcome, and the metric's history in order, over the side channel.
     assert {r["state"] for r in server.runs(snap.sweep_id)} == {"finished"}
+    for run in snap.runs:
+        x = run.config["x"]
+        assert [h["loss"] for h in server.controller.store.history(run.run_id)] == [x, x / 2, x / 3]
     # User prints land in the per-agent log (0600), and in its tail; never in the events.
     logs = log_text(sup, 0) + log_text(sup, 1)
     assert "user output for x=1" in logs and '"run_id":"bogus"' in logs
@@ -134,6 +155,22 @@ def test_grid_sweep_end_to_end(server, tmp_path, monkeypatch):
     assert stat.S_IMODE(os.stat(snap.agents[0].log_path).st_mode) == 0o600
     assert not [f for f in os.listdir(tmp_path / "logs") if f.startswith(".spec")]  # read and deleted
     assert not our_processes()
+
+
+def test_metrics_are_coalesced_and_history_batched(server, tmp_path):
+    changes = []
+    sup = start(server, train_floods, tmp_path, [1], agents=1, on_change=lambda: changes.append(time.monotonic()))
+    try:
+        assert sup.wait(120)
+        snap = sup.snapshot()
+    finally:
+        sup.stop()
+    (run,) = snap.runs
+    assert run.state == "finished" and run.metrics["loss"] == 2999.0 and run.step == 2999
+    # 3000 logs, a handful of updates: the kernel never sees the flood.
+    assert len(changes) < 60
+    history = server.controller.store.history(run.run_id)
+    assert [h["loss"] for h in history] == [float(i) for i in range(3000)]
 
 
 def test_function_raises_fails_that_run_and_agent_goes_on(server, tmp_path):
@@ -187,6 +224,19 @@ def test_abort_names_sigabrt(server, tmp_path):
     assert snap.agents[0].restarts == 1
     assert [r.state for r in snap.runs if r.config["x"] == 2] == ["finished"]
     assert "Fatal Python error: Aborted" in log_text(sup, 0)  # faulthandler's traceback
+
+
+def test_crash_loop_gives_up_after_max_restarts(server, tmp_path):
+    sup = start(server, train_always_aborts, tmp_path, [1, 2, 3, 4], agents=1, max_restarts=1)
+    try:
+        assert sup.wait(120)
+        snap = sup.snapshot()
+    finally:
+        sup.stop()
+    (agent,) = snap.agents
+    assert agent.state == "failed" and agent.restarts == 1
+    assert agent.reason == "killed by SIGABRT; gave up after 1 restarts"
+    assert [r.state for r in snap.runs] == ["crashed", "crashed"]
 
 
 def test_hanging_function_is_stopped_within_15s(server, tmp_path):

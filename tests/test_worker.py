@@ -162,3 +162,37 @@ def test_workers_die_with_their_kernel(server, tmp_path):
 def _tree(pid: int) -> list[psutil.Process]:
     kids = psutil.Process(pid).children(recursive=True)
     return kids + [c for k in kids for c in _proc.sidecars_of(k.pid)]
+
+
+MODULE = """
+def train():
+    import wandb
+
+    with wandb.init() as run:
+        run.log({"loss": run.config.x * 10})
+"""
+
+
+def test_function_from_a_module_on_the_kernels_path(server, tmp_path, monkeypatch):
+    """Pickled by reference: the worker imports it from the kernel's sys.path."""
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "my_training_code.py").write_text(MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    import my_training_code
+
+    sweep_id = grid_sweep(server, [1])
+    build = spec_builder(server, print, sweep_id, tmp_path)
+
+    def spec_for_slot(slot):
+        spec = build(slot)
+        spec.function_pickle = cloudpickle.dumps(my_training_code.train)  # by reference
+        return spec
+
+    assert b"my_training_code" in cloudpickle.dumps(my_training_code.train)
+    sup = _one_agent(server, tmp_path, spec_for_slot)
+    try:
+        assert sup.wait(90)
+    finally:
+        sup.stop()
+    (run,) = sup.snapshot().runs
+    assert run.state == "finished" and run.summary["loss"] == 10
