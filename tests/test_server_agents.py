@@ -203,3 +203,29 @@ def test_hyperband_stops_a_cli_run_read_from_its_live_run_file(env_dirs):
     finally:
         reap(procs)
         srv.stop()
+
+
+def test_prefetched_run_dropped_at_count_is_handed_out_again(env_dirs):
+    tmp_path, wd = env_dirs
+    srv = serve(db=str(tmp_path / "db" / "s.sqlite3"), wandb_dirs=[str(wd)])
+    procs = []
+    try:
+        sid = srv.create_sweep({"method": "grid", "parameters": {"x": {"values": [1, 2, 3, 4]},
+                                                                  "step_sleep": {"value": 1.0}}}, project="p")
+        script = write_script(tmp_path / "worker.py", WORKER)
+        env = agent_env(srv.env(), wd)
+        # count=2 with prefetch: pyagent queues a third run, then drops it when it reaches its count.
+        first = start([sys.executable, script, sid, "2"], env, tmp_path, tmp_path / "agent0.log")
+        procs.append(first)
+        assert wait_all([first], 90) == [0], _logs(tmp_path, 1)
+        procs.append(start([sys.executable, script, sid], env, tmp_path, tmp_path / "agent1.log"))
+        assert wait_all(procs[1:], 120) == [0], _logs(tmp_path, 2)
+        everything = srv.controller.store.runs_of_sweep(sid)
+        assert [r["state"] for r in everything].count("reclaimed") == 1, everything
+        runs = srv.runs(sid)
+        assert len(runs) == 4 and len(_distinct(runs)) == 4 and {r["state"] for r in runs} == {"finished"}
+        assert len(offline_run_dirs(wd)) == 4
+        assert srv.sweep_state(sid) == "FINISHED"
+    finally:
+        reap(procs)
+        srv.stop()
