@@ -97,6 +97,9 @@ class Reporter:
         self._spec = spec
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()
+        # Held through a flush's I/O: a run's last metrics and history rows must leave before
+        # its RunFinished / finish post, even when the flusher thread took them first.
+        self._flush_lock = threading.Lock()
         self._runs: dict[str, _RunState] = {}
         self._current: str | None = None
         self.agent = None  # the pyagent.Agent, once it exists
@@ -285,6 +288,10 @@ class Reporter:
 
     # -- flushing -------------------------------------------------------------------------
     def flush(self, only: _RunState | None = None) -> None:
+        with self._flush_lock:
+            self._flush(only)
+
+    def _flush(self, only: _RunState | None) -> None:
         with self._lock:
             runs = [only] if only is not None else list(self._runs.values())
             batches = []

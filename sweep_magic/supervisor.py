@@ -171,7 +171,9 @@ class Supervisor:
             self.wait(timeout)
             timeout = 10.0
         budget = 15.0 if timeout is None else max(timeout, 1.0)
-        for sig, share in ((signal.SIGINT, 0.4), (signal.SIGTERM, 0.3)):
+        # SIGINT is pyagent's Ctrl-C (the run is stopped and reported); SIGTERM makes the
+        # worker SIGKILL its group; SIGKILL is for a worker too wedged to run its handler.
+        for sig, share in ((signal.SIGINT, 0.35), (signal.SIGTERM, 0.2)):
             alive = self._alive()
             if not alive:
                 break
@@ -234,7 +236,7 @@ class Supervisor:
     # ------------------------------------------------------------------ control thread
     def _ensure_control(self) -> None:
         with self._lock:
-            if self._control is None or not self._control.is_alive():
+            if self._control is None:
                 self._control = threading.Thread(
                     target=self._control_loop, name=f"sweep-magic-{self._session_id}-control", daemon=True
                 )
@@ -245,17 +247,20 @@ class Supervisor:
 
     def _control_loop(self) -> None:
         while True:
+            self._poll_tails()
             with self._lock:
                 now = time.monotonic()
                 due = [a for a in self._agents if a.due is not None and a.due <= now]
                 for agent in due:
                     agent.due = None
-                busy = any(a.alive or a.due is not None or (a.waiter and a.waiter.is_alive()) for a in self._agents)
+                busy = any(a.alive or a.due is not None or a.waiter is not None for a in self._agents)
+                if not busy and not due:
+                    # Decided under the lock, so a restart either sees us running or starts
+                    # a new control thread; nothing is alive that could lose its parent thread.
+                    self._control = None
+                    return
             for agent in due:
                 self._spawn(agent)
-            self._poll_tails()
-            if not busy and not due:
-                return  # nothing alive: no child can lose its parent thread now
             try:
                 self._wake.get(timeout=TAIL_POLL_SECONDS)
             except queue.Empty:
@@ -298,26 +303,29 @@ class Supervisor:
 
     def _wait_proc(self, agent: _Agent, proc: subprocess.Popen, reader: threading.Thread) -> None:
         code = proc.wait()
-        # The user's own children (data loaders, ...) die with the agent; they also hold
-        # copies of the events pipe if they were forked, which would keep the reader waiting.
-        _proc.signal_group(proc.pid, signal.SIGKILL)
-        reader.join(timeout=5)
-        _proc.unlink(proc._spec_path)
-        with self._lock:
-            lost = self._on_exit(agent, proc, code)
-            spec = agent.spec
-            self._changed()
-        self._fire()
-        if lost and getattr(spec, "report_url", None):
-            _proc.report_lost_run(spec, *lost)
-        _proc.reap_sidecars(proc.pid)
-        with self._lock:
-            # ``wait()`` and ``stop()`` return only once the sidecars are gone too.
-            agent.waiter = None if agent.proc is proc or agent.proc is None else agent.waiter
-            self._maybe_finish()
-            self._changed()
-        self._notify()
-        self._fire()
+        try:
+            # The user's own children (data loaders, ...) die with the agent; they also hold
+            # copies of the events pipe if they were forked, which would keep the reader waiting.
+            _proc.signal_group(proc.pid, signal.SIGKILL)
+            reader.join(timeout=5)
+            _proc.unlink(proc._spec_path)
+            with self._lock:
+                lost = self._on_exit(agent, proc, code)
+                spec = agent.spec
+                self._changed()
+            self._fire()
+            if lost and getattr(spec, "report_url", None):
+                _proc.report_lost_run(spec, *lost)
+            _proc.reap_sidecars(proc.pid)
+        finally:
+            with self._lock:
+                # ``wait()`` and ``stop()`` return only once the sidecars are gone too.
+                if agent.waiter is threading.current_thread():
+                    agent.waiter = None
+                self._maybe_finish()
+                self._changed()
+            self._notify()
+            self._fire()
 
     # ------------------------------------------------------------------ state machine
     def _on_event(self, agent: _Agent, proc, event) -> None:
