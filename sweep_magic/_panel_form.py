@@ -14,6 +14,7 @@ import types
 import ipywidgets as W
 
 from sweep_magic._panel_html import gpu_html
+from sweep_magic.devices import available_cores
 from sweep_magic.errors import SweepMagicError
 
 # Names IPython puts in the user namespace that are not the user's functions.
@@ -29,9 +30,20 @@ def user_functions(namespace: dict, hidden: dict | None = None) -> list[str]:
             continue
         if isinstance(value, (types.ModuleType, type, types.BuiltinFunctionType)):
             continue
+        if _from_tooling(value):
+            continue
         if inspect.isfunction(value) or isinstance(value, types.MethodType) or _is_partial(value):
             names.append(name)
     return sorted(names)
+
+
+# Functions imported from these are tools, not something to train (``from sweep_magic.panel import show_panel``).
+_TOOL_PACKAGES = ("sweep_magic", "IPython", "ipykernel", "ipywidgets", "wandb", "jupyter_client")
+
+
+def _from_tooling(value) -> bool:
+    module = getattr(getattr(value, "func", value), "__module__", None) or ""
+    return module.split(".")[0] in _TOOL_PACKAGES
 
 
 def _is_partial(value) -> bool:
@@ -54,6 +66,7 @@ class PanelForm:
         d = dict(defaults or {})
         self.shell = shell
         self.gpus = list(inventory)
+        self.me = current_user()  # my own processes on a GPU do not make it busy
         self.sweep = W.Text(
             value=str(d.get("sweep_id") or d.get("sweep") or ""),
             description="sweep",
@@ -71,22 +84,23 @@ class PanelForm:
         self._wanted_function = d.get("function")
         if callable(self._wanted_function):
             self._wanted_function = getattr(self._wanted_function, "__name__", None)
-        self.count = _int_box("runs per agent (0 = until the sweep ends)", int(d.get("count") or 0), 0)
-        self.count.layout.width = "20em"
+        self.count = _int_box("runs per agent (0: no limit)", int(d.get("count") or 0), 0, width="20em")
         # One checkbox per GPU; busy ones (another user's process, little free memory) start unticked.
         wanted = d.get("gpus")
         self.gpu_boxes: list[W.Checkbox] = []
         self.gpu_labels: list[W.HTML] = []
         for gpu in self.gpus:
-            tick = (gpu.index in wanted) if wanted is not None else not gpu.busy()
+            tick = (gpu.index in wanted) if wanted is not None else not gpu.busy(my_user=self.me)
             box = W.Checkbox(value=bool(tick), description=f"GPU {gpu.index}", indent=False, layout=W.Layout(width="6em"))
             self.gpu_boxes.append(box)
-            self.gpu_labels.append(W.HTML(gpu_html(gpu)))
+            self.gpu_labels.append(W.HTML(gpu_html(gpu, self.me)))
         self.agents_per_gpu = _int_box("agents per GPU", int(d.get("agents_per_gpu") or 1), 1, 64)
         cpus = d.get("cpus")
-        n_cores = os.cpu_count() or 1
-        self.cpu_agents = _int_box("agents", int(cpus) if isinstance(cpus, int) else min(2, n_cores), 1, 256, "8em")
-        self.cores_each = _int_box("cores each", int(d.get("cores_each") or 1), 1, n_cores, "9em")
+        self.n_cores = len(available_cores())
+        self.cpu_agents = _int_box("CPU agents", int(cpus) if isinstance(cpus, int) else min(2, self.n_cores), 1, 256, "10em")
+        # devices.plan(cpus=N) splits the kernel's cores evenly among the N agents, so
+        # "cores each" is a consequence shown beside the count, not a second input.
+        self.cores_each = W.HTML(cores_each_html(self.cpu_agents.value, self.n_cores))
         self.refresh_functions()
 
     @property
@@ -111,6 +125,10 @@ class PanelForm:
         return [self.sweep, self.project, self.function, self.count, self.agents_per_gpu,
                 self.cpu_agents, self.cores_each, *self.gpu_boxes]
 
+    def desired(self) -> dict:
+        """Display-only parts of the form that follow its inputs (the refresher sends them)."""
+        return {self.cores_each: {"value": cores_each_html(self.cpu_agents.value, self.n_cores)}}
+
     def widget(self) -> W.Widget:
         what = W.HBox([self.sweep, self.project])
         how = W.HBox([self.function, self.count])
@@ -131,7 +149,7 @@ class PanelForm:
         for gpu, label in zip(self.gpus, self.gpu_labels):
             fresh = by_index.get(gpu.index)
             if fresh is not None:
-                out[label] = {"value": gpu_html(fresh)}
+                out[label] = {"value": gpu_html(fresh, self.me)}
         return out
 
     # ------------------------------------------------------------ reading back
@@ -169,7 +187,7 @@ class PanelForm:
 
     def placement(self) -> dict:
         if self.cpu_mode:
-            return {"cpus": cpu_sets(self.cpu_agents.value, self.cores_each.value)}
+            return {"cpus": self.cpu_agents.value}
         gpus = [gpu.index for gpu, box in zip(self.gpus, self.gpu_boxes) if box.value]
         if not gpus:
             raise SweepMagicError("Tick at least one GPU.")
@@ -186,10 +204,16 @@ class PanelForm:
         return kwargs
 
 
-def cpu_sets(agents: int, cores_each: int) -> list[list[int]]:
-    """Consecutive core sets, one per agent, wrapping round when there are too few cores."""
+def current_user() -> str | None:
+    import getpass
+
     try:
-        cores = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = list(range(os.cpu_count() or 1))
-    return [[cores[(a * cores_each + c) % len(cores)] for c in range(cores_each)] for a in range(agents)]
+        return getpass.getuser()
+    except Exception:  # no passwd entry (some containers)
+        return None
+
+
+def cores_each_html(agents: int, n_cores: int) -> str:
+    if agents > n_cores:
+        return f'<span style="font-size:12px;color:#b08800">{agents} agents share {n_cores} cores (no pinning)</span>'
+    return f'<span style="font-size:12px;color:#586069">{n_cores // agents} of {n_cores} cores each</span>'

@@ -63,6 +63,8 @@ def fmt_dict(values: dict, limit: int = 4) -> str:
 def fmt_seconds(seconds: float | None) -> str:
     if seconds is None:
         return ""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
     seconds = int(seconds)
     if seconds < 60:
         return f"{seconds}s"
@@ -234,7 +236,7 @@ def chart_svg(snap: SessionSnapshot | None, width: int = 420, height: int = 160)
 # ---------------------------------------------------------------- GPUs
 
 
-def gpu_html(gpu) -> str:
+def gpu_html(gpu, me: str | None = None) -> str:
     """One GPU's figures beside its checkbox: name, memory, utilisation, other users."""
     gib = 1024.0
     util = "" if gpu.utilization_pct is None else f" · {gpu.utilization_pct:.0f}% util"
@@ -243,8 +245,10 @@ def gpu_html(gpu) -> str:
     for proc in gpu.processes:
         mem = "" if proc.memory_mib is None else f" {proc.memory_mib / gib:.1f} GiB"
         who = proc.user or "?"
+        if me is not None and proc.user == me:
+            who += " (you)"
         procs.append(f"{esc(who)} pid {proc.pid}{esc(mem)}")
-    busy = gpu.busy()
+    busy = gpu.busy(my_user=me)
     colour = "#cb2431" if busy else "#586069"
     others = f' · <span style="color:{colour}">{"; ".join(procs)}</span>' if procs else ""
     flag = ' <span style="color:#cb2431">(busy)</span>' if busy else ""

@@ -100,6 +100,7 @@ class Refresher:
         self.max_rate = max_rate
         self.interval = interval
         self.poll = poll  # a pass at least this often even without mark_dirty (clocks, GPUs)
+        self.age_per_priority = 0.4  # seconds of waiting one priority step is worth
         self._keep_running = keep_running
         self._cond = threading.Condition()
         self._dirty = True
@@ -162,14 +163,16 @@ class Refresher:
         for widget, (priority, traits) in desired.items():
             diff = {k: v for k, v in traits.items() if getattr(widget, k) != v}
             if diff:
-                changes.append((priority, self._last_sent.get(id(widget), 0.0), id(widget), widget, diff))
+                # Longest-waiting first, with ``priority`` seconds of handicap: buttons and
+                # the header go before tables, yet a table that keeps losing to a busy agent
+                # row still gets its turn within a second or two (no starvation).
+                rank = self._last_sent.get(id(widget), 0.0) + self.age_per_priority * priority
+                changes.append((rank, id(widget), widget, diff))
         if not changes:
             return False
-        # Control state first, then the widget that waited longest, so a constantly
-        # changing agent row cannot starve the others.
-        changes.sort(key=lambda c: c[:3])
+        changes.sort(key=lambda c: c[:2])
         budget = int(self.max_rate) - self.stats.sent_within(1.0)
-        for n, (_, _, key, widget, diff) in enumerate(changes):
+        for n, (_, key, widget, diff) in enumerate(changes):
             if budget <= 0:
                 self.stats.deferred += len(changes) - n
                 return True

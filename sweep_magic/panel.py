@@ -71,9 +71,9 @@ def show_panel(shell=None, **defaults) -> "SessionPanel":
     """``%sweep_parallel`` with nothing said: display a panel whose form asks for the rest.
 
     ``defaults`` pre-fill the form: ``sweep_id``, ``function`` (a name or the callable),
-    ``gpus`` (indices to tick), ``agents_per_gpu``, ``cpus`` (agents), ``cores_each``,
-    ``count``, ``project``.  Displays the panel and returns it (callers should not
-    display it again).
+    ``gpus`` (indices to tick), ``agents_per_gpu``, ``cpus`` (agents), ``count``,
+    ``project``; ``inventory=``/``launch=`` are the test seams of ``SessionPanel``.
+    Displays the panel and returns it: keep the handle, do not display it again.
     """
     from IPython.display import display
 
@@ -125,13 +125,22 @@ class SessionPanel:
         c = self._count
         self.header = c(W.HTML(header_html(None)))
         self.error = c(W.HTML(""))
-        self.start_button = c(W.Button(description="Start", button_style="success", icon="play", disabled=True))
-        self.stop_button = c(W.Button(description="Stop all", button_style="danger", icon="stop", disabled=True))
+        self.start_button = c(W.Button(
+            description="Start", button_style="success", icon="play", disabled=True,
+            tooltip="start agents with these settings"))
+        self.stop_button = c(W.Button(
+            description="Stop all", button_style="danger", icon="stop", disabled=True,
+            tooltip="stop every agent of this sweep now"))
         self.start_button.on_click(self._guard(self._on_start))
         self.stop_button.on_click(self._guard(self._on_stop))
-        self.agents_box = c(W.VBox([W.HTML(agents_header_html())]))
+        self.agents_box = c(W.VBox([_AgentRow.header(W)]))
+        # Stable class names: the browser test (and users' CSS) find the parts by them.
+        for w, name in ((self.header, "header"), (self.error, "error"), (self.agents_box, "agents")):
+            w.add_class(f"sweep-magic-{name}")
         self.results = c(W.HTML(results_html(None), layout=W.Layout(flex="1 1 60%")))
         self.chart = c(W.HTML("", layout=W.Layout(flex="0 0 auto")))
+        self.results.add_class("sweep-magic-results")
+        self.chart.add_class("sweep-magic-chart")
 
         self.form = None
         if form or (form is None and session is None):
@@ -141,6 +150,7 @@ class SessionPanel:
             for w in [*self.form.input_widgets(), *self.form.gpu_labels]:
                 c(w)
             self._last_gpu_poll = time.monotonic()
+            self.form.cpu_agents.observe(lambda _change: self._wake(), names="value")
             if self.shell is not None and hasattr(self.shell, "events"):
                 self.shell.events.register("post_run_cell", self._after_cell)
 
@@ -155,6 +165,7 @@ class SessionPanel:
             W.HBox([self.results, self.chart]),
         ]
         self.widget = W.VBox(parts, layout=W.Layout(border="1px solid #ddd", padding="6px"))
+        self.widget.add_class("sweep-magic-panel")
         self._refresher = None
         self._make_refresher = lambda: Refresher(
             self._render, self.stats, max_rate=self.max_rate, interval=self.interval,
@@ -334,6 +345,9 @@ class SessionPanel:
             self._last_gpu_poll = time.monotonic()
             for label, traits in self.form.update_gpus(self._read_inventory()).items():
                 desired[label] = (4, traits)
+        if self.form is not None:
+            for w, traits in self.form.desired().items():
+                desired[w] = (4, traits)
         return desired
 
     def _sync_rows(self, session, snap) -> None:
@@ -350,13 +364,16 @@ class SessionPanel:
         self.agents_box.children = [self.agents_box.children[0], *(row.box for row in self._rows)]
 
 
+_BUTTON_WIDTH = "6.5em"
+
+
 class _AgentRow:
     """One agent: its figures, its buttons, and its log tail behind a toggle."""
 
     def __init__(self, panel: SessionPanel, index: int):
         W, c = panel._W, panel._count
         self.panel, self.index = panel, index
-        small = W.Layout(width="5.5em", height="24px")
+        small = W.Layout(width=_BUTTON_WIDTH, height="24px")
         self.html = c(W.HTML(layout=W.Layout(flex="1 1 auto")))
         self.drain = c(W.Button(description="drain", tooltip="finish the current run, then exit", layout=small))
         self.kill = c(W.Button(description="kill", tooltip="stop this agent now", layout=small))
@@ -368,6 +385,13 @@ class _AgentRow:
         self.restart.on_click(panel._guard(lambda _b: panel.session.restart_agent(index)))
         self.log_toggle.observe(lambda _change: panel._wake(), names="value")
         self.box = W.VBox([W.HBox([self.html, self.drain, self.kill, self.restart, self.log_toggle]), self.log])
+
+    @staticmethod
+    def header(W):
+        """The column titles, in the same HBox shape as a row so the CSS grids line up:
+        the same flexible HTML cell, and hidden stand-ins as wide as the four buttons."""
+        spacers = [W.Button(layout=W.Layout(width=_BUTTON_WIDTH, height="1px", visibility="hidden")) for _ in range(4)]
+        return W.HBox([W.HTML(agents_header_html(), layout=W.Layout(flex="1 1 auto")), *spacers])
 
     def desired(self, agent, run, running: bool) -> dict:
         ended = agent.ended

@@ -14,30 +14,7 @@ import time
 
 from sweep_magic.snapshot import AgentSnapshot, RunSnapshot, SessionSnapshot
 
-try:
-    from sweep_magic.devices import GpuInfo, GpuProcess
-except ImportError:  # devices.py not landed yet: the same fields as CONTRACTS.md fixes
-    @dataclasses.dataclass(frozen=True)
-    class GpuProcess:
-        pid: int
-        user: str | None
-        memory_mib: float | None
-        name: str | None
-
-    @dataclasses.dataclass(frozen=True)
-    class GpuInfo:
-        index: int
-        uuid: str
-        name: str
-        memory_total_mib: float
-        memory_used_mib: float
-        utilization_pct: float | None
-        processes: tuple
-        visible_id: str
-
-        def busy(self, *, my_user=None, min_free_fraction=0.1) -> bool:
-            others = [p for p in self.processes if p.user != (my_user or "me")]
-            return bool(others) or (1 - self.memory_used_mib / self.memory_total_mib) < min_free_fraction
+from sweep_magic.devices import GpuInfo, GpuProcess
 
 
 def four_gpus() -> list:

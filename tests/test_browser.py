@@ -1,0 +1,162 @@
+"""The panel in a real browser: JupyterLab 4 from this venv, headless Debian Chromium, Playwright.
+
+One test, end to end, because starting JupyterLab, a kernel and Chromium is the
+expensive part on a 2-core machine:
+
+1. a notebook (written here, in a temp root) defines a quick grid sweep, a slow
+   one and ``train``; shows a panel over an injected 4-GPU inventory (the device
+   picker as a GPU machine shows it) and ``%sweep_parallel`` (CPU mode: the
+   kernel has no GPU);
+2. the GPU panel renders its checkboxes, the busy GPU unticked;
+3. in the CPU panel: type the quick config's name, press Start → real CPU agents
+   run the local sweep → finished runs appear in the results, the best starred;
+4. the slow config, Start, wait for a running run, press Stop all → stopped.
+
+Screenshots go to ``test-artifacts/``.  Never skipped: no Chromium is a failure.
+"""
+
+from __future__ import annotations
+
+import time
+
+import nbformat
+import pytest
+
+from browser_helpers import JupyterLab, chromium, require_chromium, run_command, screenshot, wait_kernel_idle
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
+
+SETUP = '''\
+%load_ext sweep_magic
+import sweep_magic
+from sweep_magic.devices import GpuInfo, GpuProcess
+from sweep_magic.panel import show_panel
+
+quick = {"method": "grid", "metric": {"name": "loss", "goal": "minimize"},
+         "parameters": {"lr": {"values": [0.05, 0.2, 0.35, 0.5]}, "sleep": {"value": 0.05}}}
+slow = {"method": "grid", "metric": {"name": "loss", "goal": "minimize"},
+        "parameters": {"lr": {"values": [1, 2, 3, 4, 5, 6]}, "sleep": {"value": 2.0}}}
+
+def train():
+    import time
+    import wandb
+    with wandb.init() as run:
+        lr, pause = run.config.lr, run.config.sleep
+        for step in range(8):
+            run.log({"loss": (lr - 0.3) ** 2 + 0.5 / (step + 1)})
+            print(f"step {step} lr={lr}")
+            time.sleep(pause)
+'''
+
+GPU_PANEL = '''\
+def _gpu(i, used, util, procs=()):
+    return GpuInfo(index=i, uuid=f"GPU-demo-{i}", name="NVIDIA H200", memory_total_mib=143771.0,
+                   memory_used_mib=used, utilization_pct=util, processes=tuple(procs), visible_id=str(i))
+demo_gpus = [_gpu(0, 600, 3), _gpu(1, 600, 0),
+             _gpu(2, 62000, 97, [GpuProcess(pid=31337, user="alice", memory_mib=61400.0, name="python")]),
+             _gpu(3, 600, 0)]
+gpu_panel = show_panel(inventory=lambda: demo_gpus, sweep_id="demo-sweep")  # displays itself
+'''
+
+CPU_PANEL = "%sweep_parallel"
+
+
+def _notebook(path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in (SETUP, GPU_PANEL, CPU_PANEL)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+def _cell_output(page, n):
+    return page.locator(".jp-Notebook .jp-Cell").nth(n).locator(".jp-OutputArea")
+
+
+def test_panel_in_jupyterlab(tmp_path):
+    require_chromium()
+    started = time.monotonic()
+    root = tmp_path / "root"
+    root.mkdir()
+    _notebook(root / "panel.ipynb")
+    env = {"SWEEP_MAGIC_HOME": str(tmp_path / "sm-home"), "WANDB_SILENT": "true"}
+    with JupyterLab(root, env=env) as lab, chromium() as page:
+        try:
+            _drive(page, lab)
+        except BaseException:
+            screenshot(page, "browser-failure.png")
+            print(lab.log_tail())
+            for n in range(3):
+                print(f"--- output of cell {n}:\n{_cell_output(page, n).inner_text(timeout=2000)[-2000:]}")
+            raise
+    print(f"browser test wall time: {time.monotonic() - started:.1f}s")
+
+
+def _drive(page, lab):
+    page.goto(lab.url("/lab/tree/panel.ipynb"))
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    wait_kernel_idle(page)
+    run_command(page, "notebook:run-all-cells")
+
+    # -- the device picker over an injected 4-GPU inventory
+    gpu = _cell_output(page, 1)
+    gpu.locator(".widget-checkbox").first.wait_for(timeout=90_000)
+    boxes = gpu.locator(".widget-checkbox input[type=checkbox]")
+    assert boxes.count() == 4
+    assert [boxes.nth(i).is_checked() for i in range(4)] == [True, True, False, True]
+    assert "alice" in gpu.inner_text() and "(busy)" in gpu.inner_text()
+    screenshot(gpu, "panel-gpus.png")
+
+    # -- the CPU panel from %sweep_parallel: Start a real local sweep, see finished runs
+    cpu = _cell_output(page, 2)
+    start = cpu.get_by_title("start agents with these settings")
+    stop = cpu.get_by_title("stop every agent of this sweep now")
+    start.wait_for(timeout=90_000)
+    assert "no GPU visible" in cpu.inner_text()
+    assert stop.is_disabled()
+    header = cpu.locator(".sweep-magic-header")
+    results = cpu.locator(".sweep-magic-results")
+    sweep_box = cpu.locator("input[placeholder^='sweep id']")
+    sweep_box.fill("quick")
+    sweep_box.press("Tab")  # the Text widget syncs its value on change
+    start.click()
+    _wait_text(page, header, r"· running ·", 60)
+    assert cpu.locator(".sweep-magic-error").inner_text().strip() == ""
+    # Real CPU agents run the 4-point grid; the session ends when the grid is exhausted.
+    _wait_text(page, header, r"· finished ·", 240)
+    _wait_text(page, results, r"(finished[\s\S]*){4}", 30)
+    _wait_enabled(page, start, True)
+    assert stop.is_disabled()
+    text = results.inner_text()
+    assert "★" in text and "running" not in text, text
+    assert cpu.locator(".sweep-magic-chart polyline").count() == 1
+    screenshot(cpu, "panel-finished.png")
+
+    # -- a second, slow sweep: Stop all stops it
+    sweep_box.fill("slow")
+    sweep_box.press("Tab")
+    start.click()
+    _wait_enabled(page, stop, True)
+    _wait_text(page, header, r"runs: .*\d+ running", 120)
+    _wait_text(page, cpu.locator(".sweep-magic-agents"), r"step", 5)
+    screenshot(cpu, "panel-running.png")
+    stop.click()
+    _wait_text(page, header, r"· stopped ·", 60)
+    _wait_enabled(page, stop, False)
+    _wait_enabled(page, start, True)
+    _wait_text(page, results, r"^(?![\s\S]*running)", 30)  # no run left "running"
+    screenshot(cpu, "panel-stopped.png")
+    screenshot(page, "jupyterlab.png")
+
+
+def _wait_text(page, locator, pattern, timeout_s):
+    """Until the element's text matches ``pattern`` (a JS regex)."""
+    page.wait_for_function(
+        "([el, p]) => new RegExp(p).test(el.innerText)",
+        arg=[locator.element_handle(timeout=timeout_s * 1000), pattern],
+        timeout=timeout_s * 1000,
+    )
+
+
+def _wait_enabled(page, button, enabled, timeout_s=60):
+    page.wait_for_function("([b, on]) => b.disabled !== on", arg=[button.element_handle(), enabled],
+                           timeout=timeout_s * 1000)
