@@ -29,7 +29,6 @@ worker sets PDEATHSIG, and ``atexit`` stops everything.
 from __future__ import annotations
 
 import atexit
-import collections
 import os
 import queue
 import signal
@@ -39,43 +38,12 @@ import time
 from typing import Callable
 
 from sweep_magic import _proc
+from sweep_magic._agent import AgentRecord
 from sweep_magic.devices import AgentSlot
 from sweep_magic.events import AgentExiting, AgentRegistered, Metrics, RunFinished, RunStarted, parse_line
-from sweep_magic.snapshot import AGENT_ENDED, AgentSnapshot, RunSnapshot, SessionSnapshot
+from sweep_magic.snapshot import AGENT_ENDED, RunSnapshot, SessionSnapshot
 
-TAIL_LINES = 50
 TAIL_POLL_SECONDS = 0.5
-
-
-class _Agent:
-    """One agent slot's mutable state; guarded by ``Supervisor._lock``."""
-
-    def __init__(self, slot: AgentSlot, log_path: str):
-        self.slot = slot
-        self.index = slot.index
-        self.state = "starting"
-        self.proc: subprocess.Popen | None = None
-        self.lifeline: int | None = None  # our write end; closing it is the worker's EOF
-        self.waiter: threading.Thread | None = None
-        self.current_run: str | None = None
-        self.runs_done = 0
-        self.restarts = 0
-        self.crashes = 0  # in a row, without a run finishing in between
-        self.exit_code: int | None = None
-        self.reason: str | None = None
-        self.intent: str | None = None  # "drain" | "stop" | "kill" | "restart": why it will end
-        self.exit_error: str | None = None  # AgentExiting.error of the current process
-        self.exit_reason: str | None = None
-        self.log_path = log_path
-        self.log_pos = 0
-        self.log_partial = b""
-        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        self.due: float | None = None  # a pending (re)spawn time
-        self.spec = None  # the current process's WorkerSpec
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
 
 
 class Supervisor:
@@ -101,8 +69,12 @@ class Supervisor:
         self._on_change = on_change
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
-        self._agents = [_Agent(s, os.path.join(log_dir, f"agent-{i}.log")) for i, s in enumerate(slots)]
-        self._runs: dict[str, dict] = {}
+        self._agents = [AgentRecord(s, os.path.join(log_dir, f"agent-{i}.log")) for i, s in enumerate(slots)]
+        self._runs: dict[str, dict] = {}  # run_id → mutable fields, in start order
+        # Snapshots reuse the RunSnapshot of every run that did not change (a long sweep has
+        # thousands, and metrics arrive several times a second per agent).
+        self._run_snaps: dict[str, RunSnapshot] = {}
+        self._dirty_runs: set[str] = set()
         self._state = "running"
         self._stop_requested = False
         self._started_at: float | None = None
@@ -266,7 +238,7 @@ class Supervisor:
             except queue.Empty:
                 pass
 
-    def _spawn(self, agent: _Agent) -> None:
+    def _spawn(self, agent: AgentRecord) -> None:
         # Under the lock, so stop() either sees this process alive or prevents it.
         with self._lock:
             if self._stop_requested:
@@ -294,14 +266,14 @@ class Supervisor:
         self._fire()
 
     # ------------------------------------------------------------------ per-process threads
-    def _read_events(self, agent: _Agent, proc: subprocess.Popen, fd: int) -> None:
+    def _read_events(self, agent: AgentRecord, proc: subprocess.Popen, fd: int) -> None:
         with os.fdopen(fd, "rb") as stream:
             for line in stream:
                 event = parse_line(line)
                 if event is not None:
                     self._on_event(agent, proc, event)
 
-    def _wait_proc(self, agent: _Agent, proc: subprocess.Popen, reader: threading.Thread) -> None:
+    def _wait_proc(self, agent: AgentRecord, proc: subprocess.Popen, reader: threading.Thread) -> None:
         code = proc.wait()
         try:
             # The user's own children (data loaders, ...) die with the agent; they also hold
@@ -328,7 +300,7 @@ class Supervisor:
             self._fire()
 
     # ------------------------------------------------------------------ state machine
-    def _on_event(self, agent: _Agent, proc, event) -> None:
+    def _on_event(self, agent: AgentRecord, proc, event) -> None:
         with self._lock:
             if agent.proc is not proc:
                 return  # a previous process of this slot
@@ -336,6 +308,7 @@ class Supervisor:
                 if agent.state == "starting":
                     agent.state = "idle"
             elif isinstance(event, RunStarted):
+                self._dirty_runs.add(event.run_id)
                 self._runs[event.run_id] = dict(
                     run_id=event.run_id, agent=agent.index, name=event.name, config=dict(event.config),
                     state="running", step=None, metrics={}, summary={}, started_at=event.t,
@@ -348,12 +321,14 @@ class Supervisor:
                 run = self._runs.get(event.run_id)
                 if run is None:
                     return
+                self._dirty_runs.add(event.run_id)
                 run["metrics"] = {**run["metrics"], **event.values}
                 run["step"] = event.step
             elif isinstance(event, RunFinished):
                 run = self._runs.get(event.run_id)
                 if run is None:
                     return
+                self._dirty_runs.add(event.run_id)
                 run.update(state=event.state, summary=dict(event.summary), ended_at=event.t, error=event.error)
                 if agent.current_run == event.run_id:
                     agent.current_run = None
@@ -368,7 +343,7 @@ class Supervisor:
             self._changed()
         self._fire()
 
-    def _on_exit(self, agent: _Agent, proc, code: int) -> tuple | None:
+    def _on_exit(self, agent: AgentRecord, proc, code: int) -> tuple | None:
         """Settle the agent after its process ended; returns (run_id, state, code) of a run
         the worker could not report itself."""
         if agent.proc is not proc:
@@ -378,11 +353,12 @@ class Supervisor:
         if agent.lifeline is not None:
             os.close(agent.lifeline)
             agent.lifeline = None
-        self._read_tail(agent)
+        agent.read_tail()
         why = _proc.describe_exit(code)
         intent = agent.intent
         if agent.current_run and agent.current_run in self._runs:
             run = self._runs[agent.current_run]
+            self._dirty_runs.add(agent.current_run)
             if intent in ("stop", "kill", "restart", "drain"):
                 run.update(state="killed", error=f"stopped by sweep_magic ({why})")
             else:
@@ -416,7 +392,7 @@ class Supervisor:
             agent.due = time.monotonic() + min(30.0, 0.5 * 2 ** (agent.crashes - 1))
         return lost
 
-    def _end(self, agent: _Agent, state: str, reason: str) -> None:
+    def _end(self, agent: AgentRecord, state: str, reason: str) -> None:
         agent.state, agent.reason = state, reason
         agent.intent = None
         self._maybe_finish()
@@ -447,46 +423,23 @@ class Supervisor:
     # ------------------------------------------------------------------ logs and snapshots
     def _poll_tails(self) -> None:
         with self._lock:
-            changed = any(self._read_tail(a) for a in self._agents)
+            changed = any(a.read_tail() for a in self._agents)
             if changed:
                 self._changed()
         self._fire()
 
-    def _read_tail(self, agent: _Agent) -> bool:
-        try:
-            size = os.path.getsize(agent.log_path)
-        except OSError:
-            return False
-        if size <= agent.log_pos:
-            return False
-        with open(agent.log_path, "rb") as f:
-            # Only the end matters: skip what the tail could never show.
-            f.seek(max(agent.log_pos, size - 64 * 1024))
-            data = agent.log_partial + f.read(size - f.tell())
-        agent.log_pos = size
-        *lines, agent.log_partial = data.split(b"\n")
-        for line in lines:
-            agent.tail.append(line.decode("utf-8", "replace").rstrip("\r"))
-        return bool(lines)
-
-    def _alive(self) -> list[_Agent]:
+    def _alive(self) -> list[AgentRecord]:
         with self._lock:
             return [a for a in self._agents if a.alive or (a.waiter is not None and a.waiter.is_alive())]
 
     def _build_snapshot(self) -> SessionSnapshot:
-        agents = tuple(
-            AgentSnapshot(
-                index=a.index, device=a.slot.label, state=a.state,
-                pid=a.proc.pid if a.proc is not None else None, current_run=a.current_run,
-                runs_done=a.runs_done, restarts=a.restarts, exit_code=a.exit_code, reason=a.reason,
-                log_path=a.log_path, log_tail=tuple(a.tail),
-            )  # fmt: skip
-            for a in self._agents
-        )
-        runs = tuple(
-            RunSnapshot(**{**r, "config": dict(r["config"]), "metrics": dict(r["metrics"]), "summary": dict(r["summary"])})
-            for r in self._runs.values()
-        )
+        agents = tuple(a.snapshot() for a in self._agents)
+        for run_id in self._dirty_runs:
+            r = self._runs[run_id]
+            self._run_snaps[run_id] = RunSnapshot(**{**r, "config": dict(r["config"]), "metrics": dict(r["metrics"]),
+                                                     "summary": dict(r["summary"])})  # fmt: skip
+        self._dirty_runs.clear()
+        runs = tuple(self._run_snaps[run_id] for run_id in self._runs)
         return SessionSnapshot(
             session_id=self._session_id, sweep_id=self._sweep_id, state=self._state, agents=agents, runs=runs,
             metric_name=self._metric[0], metric_goal=self._metric[1], started_at=self._started_at,
