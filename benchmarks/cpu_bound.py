@@ -23,7 +23,7 @@ from benchmarks._common import Bench, median, read_times, rnd, trial_function, w
 from sweep_magic.devices import THREAD_CAP_VARS
 
 FULL = dict(K=8, C=2, n=512, reps=600)
-QUICK = dict(K=4, C=2, n=512, reps=150)
+QUICK = dict(K=2, C=2, n=512, reps=200)
 
 
 def _work(rows: list[dict]) -> dict:

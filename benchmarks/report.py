@@ -1,4 +1,192 @@
-"""results.json → results.md (placeholder)."""
-import json
-def render(out):
-    return "```\n" + json.dumps(out, indent=1)[:5000] + "\n```\n"
+"""results.json → results.md: the targets table first, then one table per benchmark."""
+
+from __future__ import annotations
+
+
+def _f(value, unit: str = "", digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        text = f"{value:.{digits}f}"
+    else:
+        text = str(value)
+    return f"{text}{unit}"
+
+
+def _verdict(ok) -> str:
+    return "–" if ok is None else ("met" if ok else "**missed**")
+
+
+def targets(out: dict) -> list[tuple[str, str, str, str]]:
+    """(what, measured, target, verdict) rows; a figure that was not measured says so."""
+    b = out.get("benchmarks", {})
+    rows = []
+    for case in b.get("run_gap", {}).get("cases", []):
+        if case["variant"] != "sweep_magic":
+            continue
+        med = case.get("snapshot", {}).get("median_s")
+        rows.append((f"per-run gap in one agent, median (sweep_magic, {case['T']} s trials; p95 "
+                     f"{_f(case.get('snapshot', {}).get('p95_s'), ' s')})", _f(med, " s"), "≤ 0.5 s",
+                     _verdict(None if med is None else med <= 0.5)))
+    configs = b.get("wall_time", {}).get("configs", [])
+    main = next((c for c in configs if (c["K"], c["T"], c["N"]) == (32, 2.0, 4)), None)
+    if main is not None:
+        v = main.get("ideal_over_c")
+        rows.append(("ideal/c, K=32 T=2 s N=4", _f(v), "≥ 0.9", _verdict(None if v is None else v >= 0.9)))
+    elif configs:
+        c = configs[0]
+        rows.append((f"ideal/c (quick config K={c['K']} T={c['T']} s N={c['N']}; target is for K=32 T=2 N=4)",
+                     _f(c.get("ideal_over_c")), "≥ 0.9", "– (not the target's config)"))
+    one_second = [c for c in configs if c["T"] == 1.0 and c.get("c_over_b") is not None]
+    for c in one_second:
+        v = c["c_over_b"]
+        rows.append((f"c/b on one-second trials, K={c['K']} N={c['N']}", _f(v), "≤ 0.33", _verdict(v <= 0.33)))
+    ratios = [c.get("c_over_b") for c in configs if c.get("c_over_b") is not None]
+    if ratios:
+        rows.append(("c/b, worst over all configs", _f(max(ratios)), "never > 1.0", _verdict(max(ratios) <= 1.0)))
+    start = b.get("start_latency", {})
+    if start:
+        v, worst = start.get("median_s"), start.get("max_s")
+        rows.append((f"start latency, launch → all {start.get('N')} agents in a run (median; max {_f(worst, ' s')})",
+                     _f(v, " s"), "≤ 3 s", _verdict(None if v is None else v <= 3.0)))
+    flood = b.get("kernel_flood", {})
+    if flood.get("flood"):
+        v = flood["flood"].get("p99_ms")
+        rows.append((f"trivial cell round trip p99 under a {flood['agents']}-agent log flood",
+                     _f(v, " ms", 1), "< 100 ms", _verdict(None if v is None else v < 100)))
+        w = flood["flood"].get("widget_msgs_max_1s")
+        rows.append(("widget messages in any 1 s (iopub comm_msg)", _f(w), "≤ 10 /s",
+                     _verdict(None if w is None else w <= 10)))
+    else:
+        rows.append(("trivial cell round trip p99 under log flood", "not measured", "< 100 ms", "–"))
+        rows.append(("widget messages per second", "not measured", "≤ 10 /s", "–"))
+    mem = b.get("memory", {}).get("sweep_magic", {})
+    v = mem.get("total_pss_mb")
+    rows.append(("memory per agent (worker + wandb-core, PSS), sleeping function", _f(v, " MB", 0), "≤ 250 MB",
+                 _verdict(None if v is None else v <= 250)))
+    return rows
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render(out: dict) -> str:
+    m = out.get("machine", {})
+    b = out.get("benchmarks", {})
+    md = [f"# sweep_magic benchmarks ({out.get('mode')} run, {out.get('date_utc')} UTC)\n",
+          f"Machine: {m.get('nproc')} cores ({m.get('cpu_model')}), {m.get('memory_gb')} GB, Python {m.get('python')}, "
+          f"wandb {m.get('wandb')}, sweeps {m.get('sweeps')}; load average at start {m.get('load_avg_at_start')}, "
+          f"at end {m.get('load_avg_at_end')}. Total {out.get('total_seconds')} s. "
+          "Every ratio compares variants measured in this same run.\n"]
+    md.append("## Targets\n")
+    md.append(_table(["measurement", "measured", "target", "verdict"], [list(r) for r in targets(out)]))
+
+    configs = b.get("wall_time", {}).get("configs", [])
+    if configs:
+        md.append("## 1. Sweep wall time (sleep-bound trials)\n")
+        md.append("(a) one `wandb.agent` process; (b) N `python agent.py &` from a shell loop, then `wait`; "
+                  "(c) `sweep_magic.launch(fn, sweep, cpus=N)` + `.wait()`. Wall = start → every agent exited; "
+                  "tail = last run's end → exit; gap = median function exit → next function entry per agent.\n")
+        rows = []
+        for c in configs:
+            for key, label in (("a_single", "(a) one wandb.agent"), ("b_shell_loop", f"(b) {c['N']} agents, shell loop"),
+                               ("c_sweep_magic", f"(c) sweep_magic cpus={c['N']}")):
+                v = c[key]
+                rows.append([f"K={c['K']} T={c['T']}s N={c['N']}", label, _f(v.get("wall_s"), " s", 1),
+                             f"{v.get('runs_done')}/{c['K']}", _f(v.get("span_s"), " s", 1), _f(v.get("tail_s"), " s", 1),
+                             _f(v.get("gap_median_s"), " s"), _f(v.get("first_run_all_agents_s"), " s")])
+            rows.append([f"K={c['K']} T={c['T']}s N={c['N']}", f"**ideal K·T/N = {_f(c['ideal_s'], ' s', 1)}**",
+                         f"c/b **{_f(c.get('c_over_b'))}**, c/a {_f(c.get('c_over_a'))}, ideal/c **{_f(c.get('ideal_over_c'))}**",
+                         "", "", "", "", ""])
+        md.append(_table(["config", "variant", "wall", "runs", "first run → last run end", "tail", "gap",
+                          "start → all agents in a run"], rows))
+
+    cases = b.get("run_gap", {}).get("cases", [])
+    if cases:
+        md.append("## 2. Per-run gap in one agent\n")
+        md.append("From the trial function's own timestamps (exit → next entry, exit → next `wandb.init` "
+                  "returned) and, for sweep_magic, from the snapshot (`ended_at` → next `started_at`).\n")
+        rows = []
+        for case in cases:
+            for key, label in (("exit_to_enter", "function exit → next entry"),
+                               ("exit_to_init", "function exit → next wandb.init returned"),
+                               ("snapshot", "snapshot ended_at → next started_at")):
+                d = case.get(key)
+                if d:
+                    rows.append([case["variant"], f"{case['K']} × {case['T']} s", label, d.get("n"),
+                                 _f(d.get("median_s"), " s"), _f(d.get("p95_s"), " s"), _f(d.get("max_s"), " s")])
+        md.append(_table(["agent", "runs", "gap", "n", "median", "p95", "max"], rows))
+
+    start = b.get("start_latency")
+    if start:
+        md.append(f"## 3. Start latency (N = {start['N']})\n")
+        rows = [[i + 1, _f(t.get("launch_returned_s"), " s", 3), _f(t.get("all_registered_s"), " s"),
+                 _f(t.get("first_agent_in_run_s"), " s"), _f(t.get("all_in_first_run_s"), " s")]
+                for i, t in enumerate(start.get("tries", []))]
+        md.append(_table(["try", "launch() returned", "all agents registered", "first agent in a run",
+                          "all agents in a run"], rows))
+
+    flood = b.get("kernel_flood")
+    if flood:
+        f = flood.get("flood", {})
+        idle = flood.get("idle", {})
+        rate = flood.get("achieved_rate_per_agent", {})
+        md.append(f"## 4. Kernel responsiveness under a log flood ({flood['agents']} agents × "
+                  f"{flood['target_rate_per_agent']} `run.log`/s)\n")
+        md.append("Sweep started in a real kernel with `%%sweep_parallel SWEEP --cpus N --no-wait` (panel shown); "
+                  f"{flood['round_trips']} `execute(\"1\")` round trips once every agent was logging.\n")
+        md.append(_table(["measurement", "idle kernel", "under flood"], [
+            ["round trip p50", _f(idle.get("p50_ms"), " ms", 1), _f(f.get("p50_ms"), " ms", 1)],
+            ["round trip p99", _f(idle.get("p99_ms"), " ms", 1), _f(f.get("p99_ms"), " ms", 1)],
+            ["round trip max", "", _f(f.get("max_ms"), " ms", 1)],
+            ["kernel CPU", "", _f(f.get("kernel_cpu_pct"), " %", 1)],
+            ["widget messages (iopub comm_msg), mean / max in 1 s", "",
+             f"{_f(f.get('widget_msgs_per_s'), '/s', 1)} / {_f(f.get('widget_msgs_max_1s'))}"],
+            ["panel.stats (messages_sent, max in 1 s, deferred)", "",
+             _f(None) if not flood.get("panel_stats") else
+             f"{flood['panel_stats']['sent']}, {flood['panel_stats']['max_1s']}, {flood['panel_stats']['deferred']}"],
+            ["achieved run.log rate per agent (min / median)", "", f"{_f(rate.get('min'))} / {_f(rate.get('median'))}"],
+            ["measured window", "", _f(f.get("window_s"), " s", 1)],
+        ]))
+
+    mem = b.get("memory")
+    if mem:
+        md.append(f"## 5. Memory per agent ({mem['N']} agents, function only sleeps)\n")
+        rows = []
+        for key, label in (("sweep_magic", "sweep_magic worker"), ("plain", "plain wandb.agent")):
+            d = mem.get(key, {})
+            rows.append([label, _f(d.get("agent_pss_mb"), " MB", 0), _f(d.get("agent_uss_mb"), " MB", 0),
+                         _f(d.get("core_pss_mb"), " MB", 0), _f(d.get("core_uss_mb"), " MB", 0),
+                         _f(d.get("total_pss_mb"), " MB", 0), _f(d.get("total_uss_mb"), " MB", 0)])
+        md.append(_table(["agent", "process PSS", "process USS", "wandb-core PSS", "wandb-core USS",
+                          "total PSS", "total USS"], rows))
+        if mem.get("ours_pss_mb") is not None:
+            md.append(f"sweep_magic's own share (PSS, worker − plain agent): {_f(mem['ours_pss_mb'], ' MB', 1)}.\n")
+
+    cpu = b.get("cpu_bound")
+    if cpu:
+        md.append(f"## 6. CPU-bound trials ({cpu['K']} × numpy {cpu['n']}² matmul ×{cpu['reps']}, {cpu['C']} agents)\n")
+        rows = []
+        for key, label in (("sweep_magic_pinned_capped", f"sweep_magic cpus={cpu['C']} (pinned, thread caps)"),
+                           ("plain_uncapped", f"{cpu['C']} plain wandb.agent, no caps"),
+                           ("plain_capped", f"{cpu['C']} plain wandb.agent, thread caps, unpinned")):
+            d = cpu.get(key)
+            if d:
+                rows.append([label, _f(d.get("wall_s"), " s", 1), _f(d.get("trial_compute_median_s"), " s"),
+                             _f(d.get("trial_compute_sum_s"), " s", 1)])
+        md.append(_table(["variant", "wall", "trial compute, median", "trial compute, sum"], rows))
+        md.append(f"Ratios (sweep_magic / plain uncapped): wall {_f(cpu.get('wall_ratio_sm_over_plain'))}, "
+                  f"trial compute {_f(cpu.get('compute_ratio_sm_over_plain'))}"
+                  + (f"; plain capped / plain uncapped compute {_f(cpu['compute_ratio_caps_over_nocaps_plain'])}"
+                     if cpu.get("compute_ratio_caps_over_nocaps_plain") is not None else "") + ".\n")
+
+    if out.get("errors"):
+        md.append("## Errors\n")
+        for name, text in out["errors"].items():
+            md.append(f"* **{name}**: `{text.strip().splitlines()[-1][:300]}`\n")
+    if out.get("leftover_processes"):
+        md.append(f"## Processes that outlived the run (killed)\n\n{out['leftover_processes']}\n")
+    return "\n".join(md)
