@@ -15,8 +15,9 @@ Run states (column ``runs.state``)::
 
 ``ending`` runs are finished by a background thread that reads the offline run file with
 wandb's reader, so the 30 ms subprocess never runs under the lock.  A second thread (the
-reaper) marks agents gone when they stop heartbeating.  One lock serialises every decision:
-"each grid point exactly once" needs read-suggest-write to be atomic across agents.
+reaper) marks agents gone when they stop heartbeating and, for hyperband sweeps, reads the
+live run files of runs nobody reports.  One lock serialises every decision: "each grid point
+exactly once" needs read-suggest-write to be atomic across agents.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def new_id(n: int = 8) -> str:
 
 
 class Controller:
+    """Every decision of one server, over one ``Store``; thread-safe."""
+
     def __init__(self, store: Store, *, wandb_dirs: list[str] | None = None,
                  agent_timeout: float = DEFAULT_AGENT_TIMEOUT, entity: str = "local"):
         self.store = store
