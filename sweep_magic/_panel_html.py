@@ -137,12 +137,14 @@ def agent_row_html(agent: AgentSnapshot, run: RunSnapshot | None) -> str:
     return f'<div style="{_GRID}">' + "".join(f"<span>{c}</span>" for c in cells) + "</div>"
 
 
-def log_html(agent: AgentSnapshot) -> str:
+def log_html(agent: AgentSnapshot, lines: int = 15) -> str:
+    """The newest ``lines`` of the agent's output (an HTML box cannot be scrolled to its end)."""
     where = f" ({esc(agent.log_path)})" if agent.log_path else ""
-    body = esc("\n".join(agent.log_tail)) if agent.log_tail else "(no output yet)"
+    tail = agent.log_tail[-lines:]
+    body = esc("\n".join(tail)) if tail else "(no output yet)"
     return (
         f'<div style="font-size:11px;color:#586069">log of agent #{agent.index}{where}</div>'
-        f'<pre style="max-height:14em;overflow:auto;margin:0;padding:4px;background:var(--jp-layout-color2,#f6f8fa);'
+        f'<pre style="overflow:auto;margin:0;padding:4px;background:var(--jp-layout-color2,#f6f8fa);'
         f'font-size:11px;line-height:1.3">{body}</pre>'
     )
 

@@ -171,7 +171,9 @@ class Refresher:
         if not changes:
             return False
         changes.sort(key=lambda c: c[:2])
-        budget = int(self.max_rate) - self.stats.sent_within(1.0)
+        # Counted over 1.1 s rather than 1 s: messages reach the frontend with some
+        # jitter, and the bound should hold on the wire too, not only at the sender.
+        budget = int(self.max_rate) - self.stats.sent_within(1.1)
         for n, (_, key, widget, diff) in enumerate(changes):
             if budget <= 0:
                 self.stats.deferred += len(changes) - n

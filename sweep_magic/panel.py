@@ -188,6 +188,7 @@ class SessionPanel:
     def close(self) -> None:
         """Stop refreshing and close the widgets (the session itself keeps running)."""
         self.closed = True
+        self._unsubscribe()
         if self._refresher is not None:
             self._refresher.stop()
         if self.form is not None and self.shell is not None and hasattr(self.shell, "events"):
@@ -229,11 +230,17 @@ class SessionPanel:
         self.session = session
         with _PANELS_LOCK:
             _PANELS[session.id] = self
+        self._unsubscribe()
         subscribe = getattr(session, "subscribe", None)
         if subscribe is not None:
             # Called from a supervisor thread: mark dirty, nothing more (no widget work there).
-            subscribe(lambda *_args, s=session: self._wake() if s is self.session else None)
+            self._unsub = subscribe(lambda *_args, s=session: self._wake() if s is self.session else None)
         self._wake()
+
+    def _unsubscribe(self) -> None:
+        unsub, self._unsub = getattr(self, "_unsub", None), None
+        if callable(unsub):
+            unsub()
 
     # ------------------------------------------------------------ actions
 

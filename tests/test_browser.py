@@ -128,8 +128,17 @@ def _drive(page, lab):
     assert stop.is_disabled()
     text = results.inner_text()
     assert "★" in text and "running" not in text, text
+    # The chart catches up within the message budget: a dot per run, the best-so-far line.
+    page.wait_for_function("el => el.querySelectorAll('circle').length === 4",
+                           arg=cpu.locator(".sweep-magic-chart").element_handle(), timeout=30_000)
     assert cpu.locator(".sweep-magic-chart polyline").count() == 1
+    page.wait_for_timeout(2000)  # the rest of the last changes (agent rows), for the screenshot
     screenshot(cpu, "panel-finished.png")
+    # The log tail folds out under its agent.
+    cpu.get_by_title("show the log tail").first.click()
+    _wait_text(page, cpu.locator(".sweep-magic-agents"), r"log of agent #0[\s\S]*step 7 lr=", 30)
+    screenshot(cpu, "panel-log.png")
+    cpu.get_by_title("show the log tail").first.click()
 
     # -- a second, slow sweep: Stop all stops it
     sweep_box.fill("slow")

@@ -263,3 +263,39 @@ def test_rate_limit_under_a_flood(make_panel):
     last = session.snapshot()
     wait_for(lambda: all(f"line" in row.log.value for row in p._rows))
     wait_for(lambda: f">{last.runs[7].step}<" in p._rows[7].html.value, timeout=10, what="final step shown")
+
+
+def test_start_and_stop_a_real_session(make_panel, tmp_path, monkeypatch):
+    """Start and Stop all through the real API: a local sweep, one CPU agent, then stopped."""
+    monkeypatch.setenv("SWEEP_MAGIC_HOME", str(tmp_path))
+    pytest.importorskip("wandb")
+
+    def train():
+        import time
+
+        import wandb
+
+        with wandb.init() as run:
+            for step in range(100):
+                run.log({"loss": 1.0 / (step + 1)})
+                time.sleep(0.2)
+
+    shell = FakeShell()
+    shell.user_ns.update(train=train, cfg={"method": "grid", "metric": {"name": "loss", "goal": "minimize"},
+                                           "parameters": {"lr": {"values": [1, 2, 3]}}})
+    p = make_panel(form=True, inventory=lambda: [], shell=shell, interval=0.1)
+    p.form.sweep.value = "cfg"
+    p.form.cpu_agents.value = 1
+    p.start_button.click()
+    assert p.error.value == "" and p._error is None, p._error
+    session = p.session
+    try:
+        wait_for(lambda: any(r.state == "running" for r in session.snapshot().runs), timeout=90, what="a run")
+        wait_for(lambda: "loss=" in p._rows[0].html.value, timeout=30, what="live metrics in the row")
+        p.stop_button.click()
+        wait_for(lambda: session.done, timeout=60, what="session stopped")
+        wait_for(lambda: "stopped" in p.header.value and not p.start_button.disabled, what="panel shows stopped")
+        assert p.stop_button.disabled
+        assert all(r.state != "running" for r in session.snapshot().runs)
+    finally:
+        session.stop()
