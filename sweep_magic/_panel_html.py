@@ -180,7 +180,7 @@ def results_html(snap: SessionSnapshot | None, limit: int = 30) -> str:
     return f'<table style="font-size:12px;border-collapse:collapse">{head}{"".join(rows)}</table>{tail}'
 
 
-def chart_svg(snap: SessionSnapshot | None, width: int = 420, height: int = 160) -> str:
+def chart_svg(snap: SessionSnapshot | None, width: int = 420, height: int = 160, max_runs: int = 400) -> str:
     """The sweep metric of each run in start order, with the best-so-far line.
 
     An inline SVG keeps the panel free of a plotting dependency; it is redrawn
@@ -190,21 +190,22 @@ def chart_svg(snap: SessionSnapshot | None, width: int = 420, height: int = 160)
         return ""
     name, maximize = snap.metric_name, snap.metric_goal == "maximize"
     points = []  # (x, value, run)
-    for i, run in enumerate(snap.runs):
+    first = max(0, len(snap.runs) - max_runs)  # a long sweep: the latest runs, the message stays small
+    for i, run in enumerate(snap.runs[first:], first):
         value = run.metric(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             points.append((i, float(value), run))
     if not points:
         return f"<div style='color:#586069;font-size:12px'>{esc(name)}: no values yet</div>"
     pad_l, pad_r, pad_t, pad_b = 46, 8, 14, 20
-    xs = max(len(snap.runs) - 1, 1)
+    xs = max(len(snap.runs) - 1 - first, 1)
     lo = min(v for _, v, _ in points)
     hi = max(v for _, v, _ in points)
     if hi == lo:
         lo, hi = lo - 0.5, hi + 0.5
 
     def px(i: float) -> float:
-        return pad_l + (width - pad_l - pad_r) * i / xs
+        return pad_l + (width - pad_l - pad_r) * (i - first) / xs
 
     def py(v: float) -> float:
         return pad_t + (height - pad_t - pad_b) * (hi - v) / (hi - lo)

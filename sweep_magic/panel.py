@@ -121,6 +121,8 @@ class SessionPanel:
         self._lock = threading.RLock()
         self._rows: list[_AgentRow] = []
         self._rows_session = None
+        self._tables = (None, "", "")  # (snapshot key, results html, chart svg)
+        self._gpu_desired: dict = {}
 
         c = self._count
         self.header = c(W.HTML(header_html(None)))
@@ -332,6 +334,9 @@ class SessionPanel:
     # ------------------------------------------------------------ rendering (refresher thread)
 
     def _render(self) -> dict:
+        """The state every widget should be in, with a priority each (0 goes first):
+        0 header and Start/Stop, 1 agent rows and results, 2 chart, per-agent buttons
+        and logs, 3 GPU figures.  The refresher sends what differs."""
         session = self.session
         snap = _snapshot(session) if session is not None else None
         running = snap is not None and not snap.done
@@ -346,15 +351,18 @@ class SessionPanel:
             runs = {run.run_id: run for run in snap.runs}
             for row, agent in zip(self._rows, snap.agents):
                 desired.update(row.desired(agent, runs.get(agent.current_run), running))
-            desired[self.results] = (3, {"value": results_html(snap)})
-            desired[self.chart] = (3, {"value": chart_svg(snap)})
+            key = (snap.session_id, snap.version)
+            if self._tables[0] != key:  # ranking and the SVG only when the snapshot changed
+                self._tables = (key, results_html(snap), chart_svg(snap))
+            desired[self.results] = (1, {"value": self._tables[1]})
+            desired[self.chart] = (2, {"value": self._tables[2]})
         if self.form is not None and self.form.gpus and time.monotonic() - self._last_gpu_poll >= self.gpu_poll:
             self._last_gpu_poll = time.monotonic()
-            for label, traits in self.form.update_gpus(self._read_inventory()).items():
-                desired[label] = (4, traits)
+            self._gpu_desired = self.form.update_gpus(self._read_inventory())
         if self.form is not None:
-            for w, traits in self.form.desired().items():
-                desired[w] = (4, traits)
+            # Kept between polls so figures the budget postponed still go out next pass.
+            for w, traits in {**self._gpu_desired, **self.form.desired()}.items():
+                desired[w] = (3, traits)
         return desired
 
     def _sync_rows(self, session, snap) -> None:
@@ -403,10 +411,10 @@ class _AgentRow:
     def desired(self, agent, run, running: bool) -> dict:
         ended = agent.ended
         return {
-            self.html: (2, {"value": agent_row_html(agent, run)}),
-            self.drain: (1, {"disabled": ended or agent.state == "draining" or not running}),
-            self.kill: (1, {"disabled": ended or not running}),
-            self.restart: (1, {"disabled": not running}),
+            self.html: (1, {"value": agent_row_html(agent, run)}),
+            self.drain: (2, {"disabled": ended or agent.state == "draining" or not running}),
+            self.kill: (2, {"disabled": ended or not running}),
+            self.restart: (2, {"disabled": not running}),
             self.log: (2, {"value": log_html(agent) if self.log_toggle.value else ""}),
         }
 

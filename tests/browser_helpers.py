@@ -64,7 +64,8 @@ def _free_port() -> int:
 class JupyterLab:
     """``with JupyterLab(root) as lab: lab.url(...)`` — a private JupyterLab for one test."""
 
-    def __init__(self, root: Path, env: dict | None = None, startup_timeout: float = 90.0):
+    def __init__(self, root: Path, env: dict | None = None, startup_timeout: float = 90.0, app: str = "jupyterlab"):
+        self.app = app  # "jupyterlab", or "notebook" for Notebook 7 (same server, same widget manager)
         self.root = Path(root)
         self.port = _free_port()
         self.token = secrets.token_hex(16)
@@ -114,17 +115,19 @@ class JupyterLab:
             **self._extra_env,
         }
         cmd = [
-            sys.executable, "-m", "jupyterlab",
+            sys.executable, "-m", self.app,
             "--no-browser", "--ServerApp.open_browser=False",
             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={self.token}",
             f"--ServerApp.root_dir={self.root}",
-            "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: run commands, not menu hunting
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            # window.jupyterapp: run commands, not menu hunting
+            f"--{'LabApp' if self.app == 'jupyterlab' else 'JupyterNotebookApp'}.expose_app_in_browser=True",
+            *(["--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"] if self.app == "jupyterlab" else []),
             "--ServerApp.terminals_enabled=False",
             "--LanguageServerManager.autodetect=False",
-            "--LabApp.extension_manager=readonly",  # no PyPI lookups from a test
         ]
+        if self.app == "jupyterlab":
+            cmd.append("--LabApp.extension_manager=readonly")  # no PyPI lookups from a test
         if hasattr(os, "geteuid") and os.geteuid() == 0:  # CI containers run as root
             cmd.append("--allow-root")
         self._log = open(self.log_path, "wb")

@@ -299,3 +299,17 @@ def test_start_and_stop_a_real_session(make_panel, tmp_path, monkeypatch):
         assert all(r.state != "running" for r in session.snapshot().runs)
     finally:
         session.stop()
+
+
+def test_chart_and_table_stay_small_for_long_sweeps():
+    from sweep_magic._panel_html import chart_svg, results_html
+
+    runs = tuple(RunSnapshot(run_id=f"r{i}", agent=0, name=f"<run {i}>", config={"i": i}, state="finished",
+                             summary={"loss": 1.0 / (i + 1)}) for i in range(1000))
+    snap = SessionSnapshot(session_id="s", sweep_id="w", state="finished", runs=runs, metric_name="loss",
+                           metric_goal="minimize", version=3)
+    svg = chart_svg(snap)
+    assert svg.count("<circle") == 400 and len(svg) < 100_000
+    table = results_html(snap)
+    assert table.count("<tr") == 31 and "+970 more" in table
+    assert "&lt;run 999&gt;" in table and "<run " not in table
