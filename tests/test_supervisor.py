@@ -11,7 +11,8 @@ import signal
 import stat
 import time
 
-from workers_helpers import log_text, our_processes, server, start, wait_for  # noqa: F401  (fixture)
+from sweep_magic import devices
+from workers_helpers import descendants, log_text, our_processes, server, start, wait_for  # noqa: F401  (fixture)
 
 # ---- functions shipped to workers (by value) ---------------------------------------------------
 
@@ -115,6 +116,7 @@ def train_ignores_sigint():
 
 
 def test_grid_sweep_end_to_end(server, tmp_path, monkeypatch):
+    before = descendants()
     # As in a kernel that touched wandb: its service must not leak into the workers.
     monkeypatch.setenv("WANDB_SERVICE", "3-1-unix-/nonexistent/socket")
     monkeypatch.setenv("WANDB_RUN_ID", "stale")
@@ -138,9 +140,9 @@ def test_grid_sweep_end_to_end(server, tmp_path, monkeypatch):
         assert run.metrics["loss"] == run.config["x"] / 3 and run.metrics["i"] == 2
         assert run.summary["omp"] == "1" and run.summary["cuda"] == "" and run.summary["own_service"]
         assert run.dir and os.path.isdir(run.dir) and run.duration is not None
-    # Each CPU agent is pinned to its own core.
-    by_agent = {r.agent: tuple(r.summary["cores"]) for r in snap.runs}
-    assert len(by_agent) == 2 and len(set(by_agent.values())) == 2
+    # Each CPU agent is pinned to its own share of the cores.
+    slots = devices.plan(cpus=2)
+    assert all(tuple(r.summary["cores"]) == slots[r.agent].cpus for r in snap.runs)
     assert sum(a.runs_done for a in snap.agents) == 4
     assert snap.best_run().config["x"] == 1
     # The server heard the outcome, and the metric's history in order, over the side channel.
@@ -154,7 +156,7 @@ def test_grid_sweep_end_to_end(server, tmp_path, monkeypatch):
     assert any("user output" in line for a in snap.agents for line in a.log_tail)
     assert stat.S_IMODE(os.stat(snap.agents[0].log_path).st_mode) == 0o600
     assert not [f for f in os.listdir(tmp_path / "logs") if f.startswith(".spec")]  # read and deleted
-    assert not our_processes()
+    assert not our_processes(before)
 
 
 def test_metrics_are_coalesced_and_history_batched(server, tmp_path):
@@ -240,6 +242,7 @@ def test_crash_loop_gives_up_after_max_restarts(server, tmp_path):
 
 
 def test_hanging_function_is_stopped_within_15s(server, tmp_path):
+    before = descendants()
     sup = start(server, train_hangs, tmp_path, [1, 2], agents=2)
     try:
         wait_for(lambda: all(a.state == "running" for a in sup.snapshot().agents), 90, "two running agents", sup)
@@ -247,7 +250,7 @@ def test_hanging_function_is_stopped_within_15s(server, tmp_path):
         t0 = time.monotonic()
         sup.stop()
         took = time.monotonic() - t0
-    assert not our_processes() and took < 15
+    assert not our_processes(before) and took < 15
     snap = sup.snapshot()
     assert snap.state == "stopped"
     assert {r.state for r in snap.runs} == {"killed"}
@@ -255,6 +258,7 @@ def test_hanging_function_is_stopped_within_15s(server, tmp_path):
 
 
 def test_function_ignoring_sigint_is_still_stopped(server, tmp_path):
+    before = descendants()
     sup = start(server, train_ignores_sigint, tmp_path, [1], agents=1)
     try:
         wait_for(lambda: sup.snapshot().agents[0].state == "running", 90, "a running agent", sup)
@@ -263,7 +267,7 @@ def test_function_ignoring_sigint_is_still_stopped(server, tmp_path):
         t0 = time.monotonic()
         sup.stop()
         took = time.monotonic() - t0
-    assert not our_processes() and took < 15
+    assert not our_processes(before) and took < 15
     assert sup.snapshot().agents[0].state == "killed"
 
 
@@ -315,6 +319,7 @@ def test_drain_kill_and_restart_one_agent(server, tmp_path):
 
 
 def test_stop_with_drain_lets_runs_finish(server, tmp_path):
+    before = descendants()
     sup = start(server, train_slow, tmp_path, range(1, 9), agents=2)
     try:
         wait_for(lambda: all(a.state == "running" for a in sup.snapshot().agents), 90, "two running agents", sup)
@@ -322,6 +327,6 @@ def test_stop_with_drain_lets_runs_finish(server, tmp_path):
     finally:
         sup.stop(drain=True, timeout=60)
     snap = sup.snapshot()
-    assert snap.state == "stopped" and not our_processes()
+    assert snap.state == "stopped" and not our_processes(before)
     assert {r.run_id: r.state for r in snap.runs if r.run_id in running} == dict.fromkeys(running, "finished")
     assert [a.state for a in snap.agents] == ["exited", "exited"]

@@ -139,15 +139,15 @@ KERNEL = textwrap.dedent(
 def test_workers_die_with_their_kernel(server, tmp_path):
     script = tmp_path / "kernel.py"
     script.write_text(KERNEL)
-    sweep_id = grid_sweep(server, [1, 2, 3])
+    sweep_id = grid_sweep(server, [1, 2, 3, 4])
     env = {**os.environ, **server.env(), **QUIET, "WANDB_DIR": str(tmp_path), "PYTHONPATH": os.getcwd()}
     kernel = subprocess.Popen([sys.executable, str(script), sweep_id, str(tmp_path / "logs")], env=env)
     try:
-        # Both runs started means: 2 workers, 2 wandb-cores, 2 `sleep` grandchildren.
-        wait_for(lambda: len(server.runs(sweep_id)) >= 2 and all(r["started"] for r in server.runs(sweep_id)[:2]),
-                 90, "two started runs")  # fmt: skip
-        wait_for(lambda: len(_tree(kernel.pid)) >= 6, 30, "the whole process tree")
+        # Two `sleep` grandchildren: both workers are inside their (hanging) runs, each with
+        # its wandb-core.
+        wait_for(lambda: sum(_name(p) == "sleep" for p in _tree(kernel.pid)) == 2, 180, "two runs under way")
         tree = _tree(kernel.pid)
+        assert sum("wandb-core" in _name(p) for p in tree) == 2
         kernel.kill()
         kernel.wait()
         t0 = time.monotonic()
@@ -161,7 +161,15 @@ def test_workers_die_with_their_kernel(server, tmp_path):
 
 def _tree(pid: int) -> list[psutil.Process]:
     kids = psutil.Process(pid).children(recursive=True)
-    return kids + [c for k in kids for c in _proc.sidecars_of(k.pid)]
+    pids = {k.pid for k in kids}
+    return kids + [c for k in kids for c in _proc.sidecars_of(k.pid) if c.pid not in pids]
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except psutil.Error:
+        return ""
 
 
 MODULE = """

@@ -111,13 +111,18 @@ def wait_for(predicate, timeout: float, what: str = "condition", supervisor=None
     raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
 
 
-def our_processes() -> list[psutil.Process]:
-    """Live descendants of this test process plus the wandb-core sidecars they own."""
+def our_processes(before: set[int] = frozenset()) -> list[psutil.Process]:
+    """Live descendants of this test process (except the pids in ``before``: other tests'
+    long-lived fixtures) plus the wandb-core sidecars they own."""
     from sweep_magic._proc import sidecars_of
 
-    kids = [p for p in psutil.Process().children(recursive=True) if _alive(p)]
-    cores = [c for p in kids for c in sidecars_of(p.pid)]
+    kids = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and _alive(p)]
+    cores = [c for p in kids for c in sidecars_of(p.pid) if c.pid not in {k.pid for k in kids}]
     return kids + [c for c in cores if _alive(c)]
+
+
+def descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
 def _alive(proc: psutil.Process) -> bool:
