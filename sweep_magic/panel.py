@@ -160,7 +160,8 @@ class SessionPanel:
         if self.form is not None:
             parts.append(self.form.widget())
         parts += [
-            W.HBox([self.start_button, self.stop_button]),
+            # A session's own panel (launched elsewhere) has nothing to start: Stop all only.
+            W.HBox([self.start_button, self.stop_button] if self.form is not None else [self.stop_button]),
             W.HTML("<b>agents</b>"),
             self.agents_box,
             W.HTML("<b>results</b>"),

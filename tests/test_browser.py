@@ -60,10 +60,21 @@ gpu_panel = show_panel(inventory=lambda: demo_gpus, sweep_id="demo-sweep")  # di
 
 CPU_PANEL = "%sweep_parallel"
 
+# A session launched by the magic shows itself as the panel without a form (panel_for).
+MAGIC_SESSION = '''\
+%%sweep_parallel --config tiny --cpus 1
+tiny = {"method": "grid", "metric": {"name": "loss", "goal": "minimize"}, "parameters": {"x": {"values": [3, 1]}}}
+
+def train_tiny():
+    import wandb
+    with wandb.init() as run:
+        run.log({"loss": run.config.x})
+'''
+
 
 def _notebook(path):
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(src) for src in (SETUP, GPU_PANEL, CPU_PANEL)]
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in (SETUP, GPU_PANEL, CPU_PANEL, MAGIC_SESSION)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, str(path))
 
@@ -85,7 +96,7 @@ def test_panel_in_jupyterlab(tmp_path):
         except BaseException:
             screenshot(page, "browser-failure.png")
             print(lab.log_tail())
-            for n in range(3):
+            for n in range(4):
                 print(f"--- output of cell {n}:\n{_cell_output(page, n).inner_text(timeout=2000)[-2000:]}")
             raise
     print(f"browser test wall time: {time.monotonic() - started:.1f}s")
@@ -154,6 +165,18 @@ def _drive(page, lab):
     _wait_enabled(page, start, True)
     _wait_text(page, results, r"^(?![\s\S]*running)", 30)  # no run left "running"
     screenshot(cpu, "panel-stopped.png")
+
+    # -- the session %%sweep_parallel launched: its own live panel, no form, no Start
+    magic = _cell_output(page, 3)
+    _wait_text(page, magic.locator(".sweep-magic-header"), r"· finished ·", 120)
+    _wait_text(page, magic.locator(".sweep-magic-results"), r"★[\s\S]*(finished[\s\S]*){2}", 30)
+    assert magic.locator("input[placeholder^='sweep id']").count() == 0
+    assert magic.get_by_title("start agents with these settings").count() == 0
+    assert magic.get_by_title("stop every agent of this sweep now").is_disabled()
+    # The form's function list followed the cell that defined train_tiny.
+    options = cpu.locator("select option").all_inner_texts()
+    assert "train" in options and "train_tiny" in options, options
+    screenshot(magic, "panel-session.png")
     screenshot(page, "jupyterlab.png")
 
 
