@@ -367,7 +367,16 @@ def install(reporter: Reporter, spec) -> None:
         original = getattr(cls, name)
         setattr(cls, name, functools.wraps(original)(make(original)))
 
-    around(Agent, "_init", lambda orig: lambda self: (orig(self), setattr(reporter, "agent", self))[0])
+    def _init(orig):
+        def hooked(self):
+            orig(self)
+            reporter.agent = self
+            if reporter.draining:  # drained before the agent even started: take no run
+                self._exit_flag = True
+
+        return hooked
+
+    around(Agent, "_init", _init)
 
     def _register(orig):
         def hooked(self):

@@ -143,7 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-fd", type=int, required=True)
     parser.add_argument("--lifeline-fd", type=int, required=True)
     args = parser.parse_args(argv)
+    started = time.monotonic()
 
+    # Signals may come while we are still importing: SIGUSR1's default action would kill
+    # us, so a drain asked for now is remembered and honoured before wandb.agent starts.
+    interrupted, drain_early = threading.Event(), threading.Event()
+
+    def on_sigint(signum, frame):
+        interrupted.set()
+        raise KeyboardInterrupt  # pyagent's Ctrl-C path: stop the run, return
+
+    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: drain_early.set())
     # Neither fd may reach wandb-core or the user's subprocesses: a child holding the
     # events pipe would hide our exit from the supervisor.
     os.set_inheritable(args.events_fd, False)
@@ -158,8 +169,6 @@ def main(argv: list[str] | None = None) -> int:
     from sweep_magic import _hooks
 
     reporter = _hooks.Reporter(args.events_fd, spec)
-    reporter.emit(AgentStarted(pid=os.getpid(), sweep_id=spec.sweep_id))
-    interrupted = threading.Event()
 
     def exiting(reason: str, error: str | None = None) -> None:
         if error:
@@ -168,40 +177,38 @@ def main(argv: list[str] | None = None) -> int:
         reporter.emit(AgentExiting(reason=reason, error=error))
 
     try:
-        function = _load_function(spec)
-    except Exception:
-        exiting("error", "the function could not be loaded in the worker:\n" + traceback.format_exc())
-        return EXIT_AGENT_ERROR
-    try:
-        _hooks.install(reporter, spec)
-    except _hooks.HookMissing as err:
-        exiting("error", str(err))
-        return EXIT_AGENT_ERROR
+        reporter.emit(AgentStarted(pid=os.getpid(), sweep_id=spec.sweep_id))
+        try:
+            function = _load_function(spec)
+        except Exception:
+            exiting("error", "the function could not be loaded in the worker:\n" + traceback.format_exc())
+            return EXIT_AGENT_ERROR
+        try:
+            _hooks.install(reporter, spec)
+        except _hooks.HookMissing as err:
+            exiting("error", str(err))
+            return EXIT_AGENT_ERROR
+        signal.signal(signal.SIGUSR1, lambda signum, frame: _hooks.start_drain(reporter))
+        if drain_early.is_set():
+            exiting("drained")
+            return 0
 
-    def on_sigint(signum, frame):
-        interrupted.set()
-        raise KeyboardInterrupt
+        import wandb
 
-    signal.signal(signal.SIGINT, on_sigint)
-    signal.signal(signal.SIGUSR1, lambda signum, frame: _hooks.start_drain(reporter))
-
-    import wandb
-
-    started = time.monotonic()
-    try:
-        wandb.agent(
-            spec.sweep_id,
-            function=_hooks.wrap_function(function, reporter),
-            count=spec.count,
-            project=spec.project,
-            entity=spec.entity,
-        )
+        try:
+            wandb.agent(
+                spec.sweep_id,
+                function=_hooks.wrap_function(function, reporter),
+                count=spec.count,
+                project=spec.project,
+                entity=spec.entity,
+            )
+        except Exception as err:
+            exiting("error", f"wandb.agent failed: {type(err).__name__}: {err}\n" + traceback.format_exc())
+            return EXIT_AGENT_ERROR
+        _teardown_wandb()
     except KeyboardInterrupt:
         interrupted.set()
-    except Exception as err:
-        exiting("error", f"wandb.agent failed: {type(err).__name__}: {err}\n" + traceback.format_exc())
-        return EXIT_AGENT_ERROR
-    _teardown_wandb()
     if interrupted.is_set():
         reason = "stopped"
     elif reporter.draining:

@@ -330,3 +330,18 @@ def test_stop_with_drain_lets_runs_finish(server, tmp_path):
     assert snap.state == "stopped" and not our_processes(before)
     assert {r.run_id: r.state for r in snap.runs if r.run_id in running} == dict.fromkeys(running, "finished")
     assert [a.state for a in snap.agents] == ["exited", "exited"]
+
+
+def test_drain_and_stop_while_agents_are_still_starting(server, tmp_path):
+    before = descendants()
+    sup = start(server, train_ok, tmp_path, [1, 2, 3, 4], agents=2)
+    try:
+        wait_for(lambda: all(a.pid for a in sup.snapshot().agents), 30, "two spawned workers", sup)
+        sup.drain_agent(0)  # still importing: the drain is remembered, no run is taken
+        wait_for(lambda: sup.snapshot().agents[0].ended, 60, "agent 0 drained", sup)
+    finally:
+        sup.stop()
+    snap = sup.snapshot()
+    assert snap.agents[0].state == "exited" and snap.agents[0].reason == "drained"
+    assert snap.agents[0].runs_done == 0 and snap.state == "stopped"
+    assert snap.agents[1].state in ("exited", "killed") and not our_processes(before)
