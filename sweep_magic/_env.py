@@ -58,23 +58,24 @@ def child_env(base: Mapping[str, str], spec) -> dict[str, str]:
     if spec.report_url:
         for name, value in LOCAL_DEFAULTS.items():
             env.setdefault(name, value)
-    # The worker runs `-m sweep_magic.worker`: make sure it finds this very copy of the
-    # package even when it is not installed (a source checkout on sys.path).
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if root not in _site_dirs():
+    # The worker runs `-m sweep_magic.worker`: when the package is not installed (a source
+    # checkout on sys.path), point the fresh interpreter at this very copy.
+    if not _installed():
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     env[SYS_PATH_VAR] = os.pathsep.join(os.path.abspath(p) for p in sys.path if p and os.path.isdir(p))
     env.update({k: str(v) for k, v in spec.env.items()})
     return env
 
 
-def _site_dirs() -> set[str]:
-    import site
+def _installed() -> bool:
+    from importlib import metadata
 
     try:
-        return {os.path.abspath(p) for p in site.getsitepackages()}
-    except AttributeError:  # some virtualenv flavours
-        return set()
+        metadata.distribution("sweep_magic")
+        return True
+    except metadata.PackageNotFoundError:
+        return False
 
 
 def scrub_own_env(spec) -> None:

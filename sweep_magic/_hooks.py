@@ -164,7 +164,8 @@ class Reporter:
             self._current = run_id
 
     def job_end(self, run_id: str, status: str | None) -> None:
-        """After pyagent's ``_run_job``: report runs whose function never called wandb.init."""
+        """After pyagent's ``_run_job``: report the run's outcome (also for a function that
+        never called wandb.init, or raised before finishing its run)."""
         with self._lock:
             run = self._runs.get(run_id)
             if self._current == run_id:
@@ -285,6 +286,8 @@ class Reporter:
             )
         )
         self.post(f"runs/{state.run_id}/finish", {"exit_code": exit_code, "state": status, "summary": summary})
+        with self._lock:
+            self._runs.pop(state.run_id, None)  # the flusher need not look at it again
 
     # -- flushing -------------------------------------------------------------------------
     def flush(self, only: _RunState | None = None) -> None:
