@@ -25,7 +25,7 @@ def user_functions(namespace: dict, hidden: dict | None = None) -> list[str]:
     """Names of the callables the user defined: no modules, classes, builtins or IPython's own."""
     hidden = hidden or {}
     names = []
-    for name, value in namespace.items():
+    for name, value in list(namespace.items()):  # a copy: cells may define names meanwhile
         if name.startswith("_") or name in _IPYTHON_NAMES or (name in hidden and hidden[name] is value):
             continue
         if isinstance(value, (types.ModuleType, type, types.BuiltinFunctionType)):

@@ -182,7 +182,22 @@ class SessionPanel:
     # ------------------------------------------------------------ display & lifetime
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        # Where the widget cannot render (a saved notebook, nbconvert) the text face shows
+        # instead of ipywidgets' "VBox(children=...)".
+        if isinstance(bundle, dict) and "text/plain" in bundle:
+            bundle["text/plain"] = self._text()
+        return bundle
+
+    def _text(self) -> str:
+        if self.session is None:
+            return "sweep_magic panel (needs a notebook with widgets)"
+        try:
+            from sweep_magic import text
+
+            return text.render(_snapshot(self.session))
+        except Exception:  # noqa: BLE001 — a fallback must not fail the display
+            return repr(self)
 
     def __repr__(self) -> str:
         sid = getattr(self.session, "id", None)

@@ -215,6 +215,9 @@ def test_showing_a_session_twice_is_one_live_panel(make_panel):
     first = panel_for(session, inventory=four_gpus, shell=FakeShell())
     try:
         assert panel_for(session) is first
+        bundle = first._repr_mimebundle_()
+        assert "application/vnd.jupyter.widget-view+json" in bundle
+        assert "sweep1" in bundle["text/plain"]  # the text face, where widgets cannot render
     finally:
         first.close()
     assert panel_for(session, inventory=four_gpus, shell=FakeShell()) is not first
