@@ -27,8 +27,8 @@ import psutil
 
 from benchmarks._common import REPO, TRIAL_SRC, Bench, pct, read_times, rnd
 
-FULL = dict(agents=8, rate=2000, seconds=30, round_trips=200)
-QUICK = dict(agents=4, rate=2000, seconds=14, round_trips=50)
+FULL = dict(agents=8, rate=2000, seconds=30, round_trips=200, synthetic_seconds=10)
+QUICK = dict(agents=4, rate=2000, seconds=14, round_trips=50, synthetic_seconds=3)
 GAP_BETWEEN = 0.02  # seconds between round trips: a person re-running cells, not a tight loop
 
 
@@ -98,6 +98,24 @@ def _max_per_window(times: list[float], width: float = 1.0) -> int:
             lo += 1
         best = max(best, hi - lo + 1)
     return best
+
+
+def _panel_rate(bench: Bench, cfg: dict) -> dict:
+    """The panel engineer's ``benchmarks/panel_rate.py``, synthetic mode: the panel alone (no worker
+    processes) under 2,000 snapshot changes a second, measured on the wire the same way."""
+    try:
+        from benchmarks import panel_rate
+    except ImportError:
+        return {"note": "benchmarks/panel_rate.py is not there; not measured"}
+    bench.log("  panel_rate.py --synthetic (the panel alone under 2,000 snapshot changes/s)")
+    try:
+        r = panel_rate.run("synthetic", cfg["synthetic_seconds"], 2000.0)
+    except Exception as err:  # someone else's script: keep our figures, but say it failed
+        return {"error": f"panel_rate.run failed: {type(err).__name__}: {err}"}
+    return {"seconds": cfg["synthetic_seconds"], "snapshot_changes_per_s": rnd(r.get("changes_per_s"), 0),
+            "widget_msgs_per_s": rnd(r.get("messages_per_s"), 1), "widget_msgs_max_1s": r.get("worst_window"),
+            "rtt_idle_p50_p99_ms": [rnd(x, 1) for x in r.get("rtt_idle", ())],
+            "rtt_flood_p50_p99_ms": [rnd(x, 1) for x in r.get("rtt_flood", ())]}
 
 
 def run(bench: Bench) -> dict:
@@ -192,6 +210,7 @@ def run(bench: Bench) -> dict:
         if km.is_alive():
             km.shutdown_kernel(now=False)
         km.cleanup_resources()
+    out["panel_rate_synthetic"] = _panel_rate(bench, cfg)
     rows = read_times(times_path)
     rates = [r["logged"] / (r["worked"] - r["inited"]) for r in rows if r["worked"] > r["inited"]]
     out["achieved_rate_per_agent"] = {"agents_reporting": len(rows),
