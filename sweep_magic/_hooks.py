@@ -3,8 +3,9 @@
 wandb has no public callback API, so the worker wraps a few private methods of the
 pinned wandb range (WANDB_PROTOCOL.md §4) before ``wandb.agent`` starts:
 
-    pyagent.Agent._init / _register / _run_job / _heartbeat_commands
+    pyagent.Agent._init / _register / _run_job / _heartbeat_commands / _exit
     wandb.sdk.wandb_run.Run._on_start / _partial_history_callback / _finish
+    pyagent.time.sleep (made interruptible, so an exit is not held up by 5 s idle sleeps)
 
 Any of them missing is a loud ``HookMissing`` at start, never a silently blind view.
 
@@ -447,7 +448,7 @@ def install(reporter: Reporter, spec) -> None:
 
     def _finish(orig):
         def hooked(self, exit_code=None, *a, **kw):
-            if self._is_finished:
+            if getattr(self, "_is_finished", False):
                 return orig(self, exit_code, *a, **kw)
             # The summary must be read before the original tears the run down (§4).
             try:
