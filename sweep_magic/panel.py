@@ -100,7 +100,12 @@ class SessionPanel:
         start: bool = True,
         **defaults,
     ):
-        import ipywidgets as W
+        try:
+            import ipywidgets as W
+        except ImportError:
+            raise SweepMagicError(
+                "the panel needs ipywidgets (pip install 'ipywidgets>=8'); the text face works without: print(session)"
+            ) from None
 
         from sweep_magic._panel_refresh import PanelStats, Refresher, count_messages
 
@@ -266,6 +271,9 @@ class SessionPanel:
         """Button callbacks: a failure is shown in the panel, never swallowed."""
 
         def run(*args):
+            # Cleared before, not after: an action that hands work to a thread (Stop all)
+            # may report its failure from there while this returns.
+            self._error = None
             try:
                 action(*args)
             except SweepMagicError as err:
@@ -273,8 +281,6 @@ class SessionPanel:
             except Exception as err:  # noqa: BLE001 — shown to the user, with its traceback
                 tb = traceback.format_exc(limit=6)
                 self._error = f"{type(err).__name__}: {err}\n{tb}"
-            else:
-                self._error = None
             self._wake()
 
         return run
@@ -323,7 +329,6 @@ class SessionPanel:
             thread.join()
 
     def _on_start(self, _button) -> None:
-        self._error = None
         self.start()
 
     def _on_stop(self, _button) -> None:
