@@ -316,3 +316,19 @@ def test_chart_and_table_stay_small_for_long_sweeps():
     table = results_html(snap)
     assert table.count("<tr") == 31 and "+970 more" in table
     assert "&lt;run 999&gt;" in table and "<run " not in table
+
+
+def test_yaml_path_becomes_a_local_sweep(make_panel, tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("method: random\nmetric: {name: acc, goal: maximize}\nparameters:\n  lr: {min: 0.1, max: 1.0}\n")
+    made = []
+    p = make_panel(form=True, inventory=lambda: [], launch=lambda **kw: FakeSession(sweep_id=kw["sweep_id"]),
+                   local_sweep=lambda config, **kw: made.append(config) or "from-yaml")
+    p.form.sweep.value = str(path)
+    assert p.start().sweep_id == "from-yaml"
+    assert made == [{"method": "random", "metric": {"name": "acc", "goal": "maximize"},
+                     "parameters": {"lr": {"min": 0.1, "max": 1.0}}}]
+    p.form.sweep.value = str(tmp_path / "missing.yaml")
+    p.session.stop()
+    p.start_button.click()
+    wait_for(lambda: "No such YAML file" in p.error.value)
