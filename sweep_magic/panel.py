@@ -341,11 +341,7 @@ class SessionPanel:
             self._wake()
 
     def _read_inventory(self) -> list:
-        fn = self._inventory
-        if fn is None:
-            from sweep_magic.devices import gpu_inventory
-
-            fn = gpu_inventory
+        fn = self._inventory if self._inventory is not None else _shared_inventory
         try:
             return list(fn())
         except Exception as err:  # noqa: BLE001 — no GPU figures is not worth a broken panel
@@ -438,6 +434,21 @@ class _AgentRow:
             self.restart: (2, {"disabled": not running}),
             self.log: (2, {"value": log_html(agent) if self.log_toggle.value else ""}),
         }
+
+
+_INVENTORY_CACHE: list = [0.0, []]  # [monotonic time read, records]
+_INVENTORY_LOCK = threading.Lock()
+
+
+def _shared_inventory(max_age: float = 2.0) -> list:
+    """``devices.gpu_inventory()`` read at most every ``max_age`` s for all panels together:
+    panels left behind in old cells keep polling, and should not each ask NVML."""
+    with _INVENTORY_LOCK:
+        if time.monotonic() - _INVENTORY_CACHE[0] >= max_age:
+            from sweep_magic.devices import gpu_inventory
+
+            _INVENTORY_CACHE[:] = [time.monotonic(), list(gpu_inventory())]
+        return _INVENTORY_CACHE[1]
 
 
 def _snapshot(session):
