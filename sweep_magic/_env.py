@@ -65,6 +65,8 @@ def child_env(base: Mapping[str, str], spec) -> dict[str, str]:
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     env[SYS_PATH_VAR] = os.pathsep.join(os.path.abspath(p) for p in sys.path if p and os.path.isdir(p))
     env.update({k: str(v) for k, v in spec.env.items()})
+    for name in STALE:  # last: not even a spec that copied the kernel's WANDB_* may bring them back
+        env.pop(name, None)
     return env
 
 
@@ -80,6 +82,8 @@ def _installed() -> bool:
 
 def scrub_own_env(spec) -> None:
     """The worker's second check: the same removals and overrides on ``os.environ``."""
-    for name in (*STALE, *spec.remove_env):
+    for name in spec.remove_env:
         os.environ.pop(name, None)
     os.environ.update({k: str(v) for k, v in spec.env.items()})
+    for name in STALE:
+        os.environ.pop(name, None)

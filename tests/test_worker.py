@@ -40,7 +40,7 @@ def test_child_env_scrubs_the_kernels_wandb_state():
     spec = WorkerSpec(
         function_pickle=b"",
         sweep_id="s",
-        env={"WANDB_MODE": "offline", "CUDA_VISIBLE_DEVICES": ""},
+        env={"WANDB_MODE": "offline", "CUDA_VISIBLE_DEVICES": "", "WANDB_SERVICE": "3-9-unix-/copied"},
         remove_env=["SECRET_FOR_REMOVAL"],
         report_url="http://127.0.0.1:1",
     )
@@ -110,7 +110,9 @@ def test_unknown_sweep_fails_the_agent_without_restarts(server, tmp_path):
 
 KERNEL = textwrap.dedent(
     """
-    # A stand-in for a Jupyter kernel: it launches agents, then gets SIGKILLed.
+    # A stand-in for a Jupyter kernel: it launches agents, then gets SIGKILLed.  Its WANDB_*
+    # (WANDB_SERVICE included, when pytest's own wandb-core runs) go into the specs: the
+    # scrub must still give every worker a wandb-core of its own.
     import os, sys, time, subprocess
     from sweep_magic import devices
     from sweep_magic.supervisor import Supervisor
