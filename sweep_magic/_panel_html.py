@@ -12,6 +12,7 @@ import html
 import math
 import time
 
+from sweep_magic._format import fmt_value as _fmt_value
 from sweep_magic.snapshot import AgentSnapshot, RunSnapshot, SessionSnapshot
 
 # Colours by state: green for work going on, grey for idle/ended well, red for trouble.
@@ -43,15 +44,7 @@ def esc(value) -> str:
 
 
 def fmt_value(value) -> str:
-    """A metric or config value, short: 4 significant digits for floats."""
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return str(value)
-        return f"{value:.4g}"
-    text = str(value)
-    return text if len(text) <= 40 else text[:37] + "…"
+    return _fmt_value(value, width=40)
 
 
 def fmt_dict(values: dict, limit: int = 4) -> str:

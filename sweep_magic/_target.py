@@ -14,25 +14,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from sweep_magic._env import STALE
 from sweep_magic.errors import LoginRequired, SweepNotFound
 
 # The kernel's own wandb state must not leak into workers (WANDB_PROTOCOL.md §6):
 # WANDB_SERVICE would make every worker share — and die with — the kernel's wandb-core.
-STALE_ENV = (
-    "WANDB_SERVICE",
-    "WANDB_RUN_ID",
-    "WANDB_SWEEP_ID",
-    "WANDB_SWEEP_PARAM_PATH",
-    "WANDB_RUN_STORAGE_ID",
-    "WANDB_RESUME",
-    "WANDB_NAME",
-    "WANDB_NOTES",
-    "WANDB_TAGS",
-    "WANDB_RUN_GROUP",
-    "WANDB_JOB_TYPE",
-    "WANDB_CONFIG_PATHS",
-    "WANDB_NOTEBOOK_NAME",
-)
+STALE_ENV = STALE
 LOCAL_HEARTBEAT_SECONDS = 1.0  # the embedded server is in-process: heartbeats are free
 CLOUD_HEARTBEAT_SECONDS = 5.0  # wandb's own default; don't hammer a shared W&B server
 DEFAULT_CLOUD_URL = "https://api.wandb.ai"

@@ -13,29 +13,16 @@ thread in a kernel: the text lands in whichever cell ran last (see DESIGN.md).
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from typing import Callable
 
+from sweep_magic._format import fmt_value
 from sweep_magic.snapshot import AgentSnapshot, RunSnapshot, SessionSnapshot
 
 MAX_LOG_LINES = 200  # what a live display keeps; older lines collapse into "… N earlier lines"
 REFRESH_SECONDS = 0.5  # ≤ 2 display updates a second, however fast workers log
 MAX_TABLE_ROWS = 50  # a 5,000-run sweep should not print 5,000 lines into a cell
-
-
-def fmt_value(value) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return str(value)
-        return f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(fmt_value(v) for v in value) + "]"
-    text = str(value)
-    return text if len(text) <= 24 else text[:23] + "…"
 
 
 def fmt_config(config: dict, limit: int = 8) -> str:

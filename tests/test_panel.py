@@ -24,7 +24,7 @@ from sweep_magic import panel as panel_mod  # noqa: E402
 from sweep_magic._panel_form import user_functions  # noqa: E402
 from sweep_magic.errors import SweepMagicError  # noqa: E402
 from sweep_magic.panel import SessionPanel, panel_for, widgets_available  # noqa: E402
-from sweep_magic.snapshot import AgentSnapshot, RunSnapshot, SessionSnapshot  # noqa: E402
+from sweep_magic.snapshot import RunSnapshot, SessionSnapshot  # noqa: E402
 from panel_fakes import FakeSession, FakeShell, four_gpus  # noqa: E402
 
 
@@ -264,7 +264,7 @@ def test_rate_limit_under_a_flood(make_panel):
     assert p.stats.max_in_window(1.0, since=started) <= 10
     # Coalesced, not lost: the last values arrive once the flood stops.
     last = session.snapshot()
-    wait_for(lambda: all(f"line" in row.log.value for row in p._rows))
+    wait_for(lambda: all("line" in row.log.value for row in p._rows))
     wait_for(lambda: f">{last.runs[7].step}<" in p._rows[7].html.value, timeout=10, what="final step shown")
 
 
