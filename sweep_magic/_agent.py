@@ -42,6 +42,7 @@ class AgentRecord:
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.due: float | None = None  # a pending (re)spawn time
         self.spec = None  # the current process's WorkerSpec
+        self.ready = False  # AgentStarted seen: the worker's signal handlers are in place
 
     @property
     def alive(self) -> bool:

@@ -40,7 +40,15 @@ from typing import Callable
 from sweep_magic import _proc
 from sweep_magic._agent import AgentRecord
 from sweep_magic.devices import AgentSlot
-from sweep_magic.events import AgentExiting, AgentRegistered, Metrics, RunFinished, RunStarted, parse_line
+from sweep_magic.events import (
+    AgentExiting,
+    AgentRegistered,
+    AgentStarted,
+    Metrics,
+    RunFinished,
+    RunStarted,
+    parse_line,
+)
 from sweep_magic.snapshot import AGENT_ENDED, RunSnapshot, SessionSnapshot
 
 TAIL_POLL_SECONDS = 0.5
@@ -139,7 +147,7 @@ class Supervisor:
         self._fire()
         if drain:
             for agent in self._alive():
-                _signal_pid(agent.proc.pid, signal.SIGUSR1)
+                self._send_drain(agent)
             self.wait(timeout)
             timeout = 10.0
         budget = 15.0 if timeout is None else max(timeout, 1.0)
@@ -164,11 +172,17 @@ class Supervisor:
             if not agent.alive:
                 return
             agent.intent, agent.state = "drain", "draining"
-            pid = agent.proc.pid
+            self._send_drain(agent)
             self._changed()
-        _signal_pid(pid, signal.SIGUSR1)
         self._notify()
         self._fire()
+
+    def _send_drain(self, agent: AgentRecord) -> None:
+        with self._lock:
+            # Before AgentStarted the worker may not have its SIGUSR1 handler yet, and the
+            # default action kills; the drain is then sent when AgentStarted arrives.
+            if agent.ready and agent.alive:
+                _signal_pid(agent.proc.pid, signal.SIGUSR1)
 
     def kill_agent(self, i: int) -> None:
         """SIGKILL agent ``i``'s process group; its run in progress becomes ``killed``."""
@@ -256,6 +270,7 @@ class Supervisor:
                     agent.proc, agent.lifeline, agent.spec = proc, lifeline, spec
                     agent.state, agent.intent, agent.current_run = "starting", None, None
                     agent.exit_code = agent.exit_error = agent.exit_reason = None
+                    agent.ready = False
                     reader = threading.Thread(
                         target=self._read_events, args=(agent, proc, proc._events_fd), daemon=True
                     )
@@ -304,7 +319,11 @@ class Supervisor:
         with self._lock:
             if agent.proc is not proc:
                 return  # a previous process of this slot
-            if isinstance(event, AgentRegistered):
+            if isinstance(event, AgentStarted):
+                agent.ready = True
+                if agent.intent == "drain":
+                    self._send_drain(agent)
+            elif isinstance(event, AgentRegistered):
                 if agent.state == "starting":
                     agent.state = "idle"
             elif isinstance(event, RunStarted):
