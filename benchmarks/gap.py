@@ -17,7 +17,7 @@ from benchmarks._common import Bench, gaps, median, pct, read_times, rnd, trial_
 # than the heartbeat period ends before the server could prefetch the next run); 2-s trials
 # show the per-run cost once prefetch works.
 FULL = [("plain", 0.5, 10), ("sweep_magic", 0.2, 12), ("sweep_magic", 2.0, 8)]
-QUICK = [("plain", 0.2, 3), ("sweep_magic", 0.2, 4), ("sweep_magic", 1.5, 3)]
+QUICK = [("plain", 0.2, 2), ("sweep_magic", 0.2, 4), ("sweep_magic", 1.5, 3)]
 
 
 def _stats(values: list[float]) -> dict:
