@@ -76,3 +76,27 @@ def no_orphans(request):
                 pass
         if desc:
             pytest.fail(f"processes left behind by {request.node.name}: {desc}")
+
+
+@pytest.fixture(autouse=True)
+def fresh_module_state(no_orphans, tmp_path_factory, monkeypatch):
+    """Each test gets its own sweep_magic home and starts with no sessions and no shared server.
+
+    Depends on ``no_orphans`` so that it tears down first: sessions and the shared server are
+    stopped before the orphan check looks for survivors.
+    """
+    monkeypatch.setenv("SWEEP_MAGIC_HOME", str(tmp_path_factory.mktemp("sweep-magic-home")))
+    yield
+    import sys
+
+    api = sys.modules.get("sweep_magic.api")
+    if api is not None:
+        api.stop_all()
+        with api._sessions_lock:
+            api._sessions.clear()
+    server = sys.modules.get("sweep_magic.server")
+    if server is not None:
+        with server._shared_lock:
+            shared, server._shared = server._shared, None
+        if shared is not None:
+            shared.stop()
