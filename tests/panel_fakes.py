@@ -1,4 +1,4 @@
-"""Stand-ins for the panel tests: a session that yields real ``SessionSnapshot``s, a shell, GPUs.
+"""For the panel tests: a session that yields real ``SessionSnapshot``s, a real shell, GPUs.
 
 ``FakeSession`` keeps the API surface the panel uses (``snapshot``, ``stop``,
 ``drain_agent``/``kill_agent``/``restart_agent``, ``subscribe``) and notifies
@@ -30,25 +30,17 @@ def four_gpus() -> list:
     return gpus
 
 
-class FakeShell:
-    def __init__(self):
-        def train():
-            pass
+def real_shell():
+    """A real IPython shell (not the singleton, so test_magic's shell is unaffected) with a
+    ``train`` function defined in its namespace, as a notebook would have it."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
 
-        self.user_ns = {"train": train, "time": time, "SessionSnapshot": SessionSnapshot}
-        self.user_ns_hidden = {}
-        self.events = _Events()
-
-
-class _Events:
-    def __init__(self):
-        self.callbacks = {}
-
-    def register(self, name, fn):
-        self.callbacks.setdefault(name, []).append(fn)
-
-    def unregister(self, name, fn):
-        self.callbacks[name].remove(fn)
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    shell = InteractiveShell(config=config)
+    shell.run_cell("import time\ndef train():\n    pass\n", store_history=False)
+    return shell
 
 
 _ids = itertools.count()

@@ -25,7 +25,7 @@ from sweep_magic._panel_form import user_functions  # noqa: E402
 from sweep_magic.errors import SweepMagicError  # noqa: E402
 from sweep_magic.panel import SessionPanel, panel_for, widgets_available  # noqa: E402
 from sweep_magic.snapshot import RunSnapshot, SessionSnapshot  # noqa: E402
-from panel_fakes import FakeSession, FakeShell, four_gpus  # noqa: E402
+from panel_fakes import FakeSession, real_shell, four_gpus  # noqa: E402
 
 
 def wait_for(predicate, timeout=5.0, what="condition"):
@@ -43,7 +43,7 @@ def make_panel():
 
     def make(session=None, **kwargs):
         kwargs.setdefault("inventory", four_gpus)
-        kwargs.setdefault("shell", FakeShell())
+        kwargs.setdefault("shell", real_shell())
         kwargs.setdefault("interval", 0.05)
         p = SessionPanel(session, **kwargs)
         panels.append(p)
@@ -100,7 +100,7 @@ def test_start_passes_placement_to_launch(make_panel):
         launched.append(kwargs)
         return FakeSession(agents=kwargs["agents_per_gpu"] * len(kwargs["gpus"]))
 
-    shell = FakeShell()
+    shell = real_shell()
     p = make_panel(form=True, launch=launch, shell=shell)
     assert p.form.function.options == ("train",)
     p.form.sweep.value = "abc123"
@@ -123,7 +123,7 @@ def test_start_passes_placement_to_launch(make_panel):
 
 def test_config_variable_becomes_a_local_sweep(make_panel):
     made = []
-    shell = FakeShell()
+    shell = real_shell()
     shell.user_ns["cfg"] = {"method": "grid", "parameters": {"lr": {"values": [1, 2]}}}
     p = make_panel(form=True, shell=shell, launch=lambda **kw: FakeSession(sweep_id=kw["sweep_id"]),
                    local_sweep=lambda config, **kw: made.append((config, kw)) or "local-sweep-1")
@@ -212,7 +212,7 @@ def test_results_ranked_best_marked_failures_kept(make_panel):
 
 def test_showing_a_session_twice_is_one_live_panel(make_panel):
     session = FakeSession(agents=1)
-    first = panel_for(session, inventory=four_gpus, shell=FakeShell())
+    first = panel_for(session, inventory=four_gpus, shell=real_shell())
     try:
         assert panel_for(session) is first
         bundle = first._repr_mimebundle_()
@@ -220,7 +220,7 @@ def test_showing_a_session_twice_is_one_live_panel(make_panel):
         assert "sweep1" in bundle["text/plain"]  # the text face, where widgets cannot render
     finally:
         first.close()
-    assert panel_for(session, inventory=four_gpus, shell=FakeShell()) is not first
+    assert panel_for(session, inventory=four_gpus, shell=real_shell()) is not first
     panel_mod._PANELS.pop(session.id).close()
 
 
@@ -283,7 +283,7 @@ def test_start_and_stop_a_real_session(make_panel, tmp_path, monkeypatch):
                 run.log({"loss": 1.0 / (step + 1)})
                 time.sleep(0.2)
 
-    shell = FakeShell()
+    shell = real_shell()
     shell.user_ns.update(train=train, cfg={"method": "grid", "metric": {"name": "loss", "goal": "minimize"},
                                            "parameters": {"lr": {"values": [1, 2, 3]}}})
     p = make_panel(form=True, inventory=lambda: [], shell=shell, interval=0.1)
