@@ -5,7 +5,7 @@ pinned wandb range (WANDB_PROTOCOL.md §4) before ``wandb.agent`` starts:
 
     pyagent.Agent._init / _register / _run_job / _heartbeat_commands / _exit
     wandb.sdk.wandb_run.Run._on_start / _partial_history_callback / _finish
-    pyagent.time.sleep (made interruptible, so an exit is not held up by 5 s idle sleeps)
+    pyagent.time.sleep (cut short on exit, and nudged on a run's start and end)
 
 Any of them missing is a loud ``HookMissing`` at start, never a silently blind view.
 
@@ -108,7 +108,7 @@ class Reporter:
         self._warned: set[str] = set()
         self._key = spec.env.get("WANDB_API_KEY") or os.environ.get("WANDB_API_KEY", "")
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        self.sleeper = _Sleeper()
         self._flusher = threading.Thread(target=self._flush_loop, name="sweep-magic-flusher", daemon=True)
         self._flusher.start()
 
@@ -141,7 +141,7 @@ class Reporter:
     # -- agent ----------------------------------------------------------------------------
     def wake(self) -> None:
         """The agent should exit: cut pyagent's 5 s idle sleeps short (up to 10 s per exit)."""
-        self._wake.set()
+        self.sleeper.exit()
         agent = self.agent
         if agent is not None:
             try:
@@ -163,6 +163,7 @@ class Reporter:
         with self._lock:
             self._runs[run_id] = _RunState(run_id, config)
             self._current = run_id
+        self.sleeper.nudge()  # heartbeat now: the server sees the run and can queue the next one
 
     def job_end(self, run_id: str, status: str | None) -> None:
         """After pyagent's ``_run_job``: report the run's outcome (also for a function that
@@ -180,6 +181,7 @@ class Reporter:
         else:  # the function never called wandb.init (or never finished its run)
             exit_code, summary, ended = (1 if (run.error or status != "RUNNING") else 0), {}, time.time()
         self._finished(run, exit_code=exit_code, summary=summary, ended=ended)
+        self.sleeper.nudge()  # an agent with nothing queued asks for its next run at once
 
     def record_error(self, text: str) -> None:
         with self._lock:
@@ -321,14 +323,35 @@ class Reporter:
                 traceback.print_exc()
 
 
-class _WakeableTime:
-    """pyagent's ``time`` module, with a ``sleep`` that an exit cuts short."""
+class _Sleeper:
+    """pyagent's ``time`` module, with a ``sleep`` that can be cut short.
 
-    def __init__(self, event: threading.Event):
-        self._event = event
+    ``exit()`` ends every sleep from then on (an exit is not held up by 5 s idle
+    sleeps).  ``nudge()`` ends the sleep in progress once: the worker nudges when a
+    run starts and when it ends, so the heartbeat that tells the server about it goes
+    out at once.  On a run's start that heartbeat brings the next run (prefetch), so
+    the gap between runs no longer depends on the heartbeat period or the trial length.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._exiting = False
+        self._nudged = False
 
     def sleep(self, seconds: float) -> None:
-        self._event.wait(seconds)
+        with self._cond:
+            self._cond.wait_for(lambda: self._exiting or self._nudged, timeout=seconds)
+            self._nudged = False
+
+    def nudge(self) -> None:
+        with self._cond:
+            self._nudged = True
+            self._cond.notify_all()
+
+    def exit(self) -> None:
+        with self._cond:
+            self._exiting = True
+            self._cond.notify_all()
 
     def __getattr__(self, name):
         return getattr(time, name)
@@ -423,7 +446,7 @@ def install(reporter: Reporter, spec) -> None:
 
     around(Agent, "_exit", _exit)
     if hasattr(pyagent, "time"):
-        pyagent.time = _WakeableTime(reporter._wake)
+        pyagent.time = reporter.sleeper
     around(Agent, "_register", _register)
     around(Agent, "_run_job", _run_job)
     around(Agent, "_heartbeat_commands", _heartbeat_commands)
