@@ -145,16 +145,22 @@ def launch(
     count: int | None = None,
     project: str | None = None,
     entity: str | None = None,
+    nice: int | None = None,
 ) -> SweepSession:
     """Start agents that run ``function`` for the sweep ``sweep_id``; returns at once.
 
     ``gpus``/``cpus``/``agents_per_gpu`` say where agents go (see ``devices.plan``);
     ``count`` is the number of runs per agent (``wandb.agent(count=...)``), None for
-    as many as the sweep hands out.  Raises a ``SweepMagicError`` subclass with a
+    as many as the sweep hands out.  ``nice`` (0..19, opt-in) lowers the agents' CPU
+    priority — each worker, what it starts, its wandb-core, and their sessions'
+    autogroup nice on Linux — so the kernel stays responsive while they saturate the
+    machine; None or 0 leaves it as it is.  Raises a ``SweepMagicError`` subclass with a
     one-line message, before any process starts, for every input it can check.
     """
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise SweepMagicError(f"count must be a whole number ≥ 1 (runs per agent), got {count!r}")
+    if nice is not None and (isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19):
+        raise SweepMagicError(f"nice must be a whole number from 0 to 19 (19 = lowest priority), got {nice!r}")
     if not isinstance(sweep_id, str) or not sweep_id.strip():
         raise SweepNotFound(f"a sweep id is a non-empty string, got {sweep_id!r}")
     payload = _function.prepare(function)
@@ -200,6 +206,7 @@ def launch(
             metric_name=target.metric_name,
             report_url=target.report_url,
             heartbeat_seconds=target.heartbeat_seconds,
+            nice=nice or None,
         )
 
     holder: dict = {}

@@ -50,6 +50,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _nice(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 19, got {text!r}") from None
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 19 (19 = lowest priority), got {value}")
+    return value
+
+
 def _gpus(text: str):
     """``0,1`` → [0, 1]; ``all`` / ``free`` pass through for ``devices.plan``."""
     word = text.strip().lower()
@@ -71,6 +81,7 @@ class SweepMagics(Magics):
     @argument("--agents-per-gpu", type=_count, default=1, metavar="N", help="agents sharing each GPU (default 1)")
     @argument("--cpus", type=_count, metavar="N", help="run N agents on CPU cores")
     @argument("--count", type=_count, metavar="N", help="runs per agent (default: until the sweep is done)")
+    @argument("--nice", type=_nice, metavar="N", help="lower the agents' CPU priority, 0..19 (keeps the notebook responsive)")
     @argument("--project", metavar="P", help="W&B project (of the sweep, or of the new local sweep)")
     @argument("--entity", metavar="E", help="W&B entity")
     @argument("--wait", action="store_true", default=None, help="block until the sweep ends (default when headless)")
@@ -105,6 +116,7 @@ class SweepMagics(Magics):
                 count=args.count,
                 project=args.project,
                 entity=args.entity,
+                nice=args.nice,
             )
         except SweepMagicError as err:
             raise UsageError(str(err)) from None

@@ -10,7 +10,8 @@ threads, CUDA state and IPython).  In order, it
 2. reads and deletes the 0600 spec file (a cloudpickled ``WorkerSpec``);
 3. applies the slot: environment (thread caps, CUDA_VISIBLE_DEVICES, the kernel's
    wandb state scrubbed) and CPU affinity, *before* the function is unpickled, so
-   libraries it imports size their thread pools to the slot;
+   libraries it imports size their thread pools to the slot; with ``spec.nice``, its
+   priority and its session's, and (``_priority``) those of each wandb-core it starts;
 4. hooks wandb (``_hooks``) and runs the real ``wandb.agent``;
 5. sends ``AgentExiting`` and exits.
 
@@ -52,6 +53,7 @@ class WorkerSpec:
     metric_name: str | None = None
     report_url: str | None = None  # the embedded server's URL when the side channel exists
     heartbeat_seconds: float = 5.0
+    nice: int | None = None  # opt-in: lower this agent and its wandb-core (process and session)
 
 
 def _kill_group(*_args) -> None:
@@ -121,6 +123,14 @@ def _apply_slot(spec: WorkerSpec) -> None:
             print(f"sweep_magic: could not pin to cores {spec.cpus}: {err}", file=sys.stderr)
 
 
+def _apply_priority(spec: WorkerSpec) -> None:
+    from sweep_magic import _priority
+
+    nice = getattr(spec, "nice", None)  # specs from before the field have none
+    _priority.apply_self(nice)
+    _priority.watch_sidecars(nice)  # wandb-core is a session of its own, one per run
+
+
 def _load_function(spec: WorkerSpec):
     import cloudpickle
 
@@ -165,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = read_spec(args.spec)
     _apply_slot(spec)
+    _apply_priority(spec)
 
     from sweep_magic import _hooks
 
