@@ -13,6 +13,10 @@ Each of the 8 agents runs one trial that calls ``run.log({...})`` 2,000 times a 
 pid), and the widget messages the kernel sends (``comm_msg`` on iopub, counted by our client;
 also the panel's own ``stats.messages_sent``).  The same round trips on the idle kernel first,
 for reference.  Each agent's achieved log rate comes from the trial's own count.
+
+Two variants, launched one after the other in the same run (full: ABBA, two launches each): the
+flood as launched, and ``%%sweep_parallel ... --nice 10`` (``launch(nice=10)``: each worker and
+its wandb-core at nice 10, process and session).  Each launch runs its trials to the end.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ import psutil
 
 from benchmarks._common import REPO, TRIAL_SRC, Bench, kill_group, pct, read_times, rnd, sidecars
 
-FULL = dict(agents=8, rate=2000, seconds=70, round_trips=200, synthetic_seconds=10)
-QUICK = dict(agents=4, rate=2000, seconds=10, round_trips=50, synthetic_seconds=3)
+FULL = dict(agents=8, rate=2000, seconds=45, round_trips=200, synthetic_seconds=10)
+QUICK = dict(agents=4, rate=2000, seconds=15, round_trips=50, synthetic_seconds=3)
 GAP_BETWEEN = 0.02  # seconds between round trips: a person re-running cells, not a tight loop
 
 
@@ -91,35 +95,6 @@ def _round_trips(kc, iopub: _Iopub, n: int) -> list[float]:
     return times
 
 
-def _renice(pids: list[int], value: int) -> int:
-    """Set ``value`` as the nice level of ``pids``, their descendants and their wandb-cores."""
-    procs = []
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            procs += [root] + root.children(recursive=True)
-        except psutil.Error:
-            continue
-    procs += sidecars({p.pid for p in procs})
-    done = 0
-    for proc in procs:
-        try:
-            proc.nice(value)
-            done += 1
-        except psutil.Error:
-            pass
-        # With CONFIG_SCHED_AUTOGROUP (/proc/sys/kernel/sched_autogroup_enabled = 1) the CPU is
-        # shared between sessions first, and a process's nice only counts inside its session.
-        # Workers (start_new_session) and wandb-cores (setsid) are sessions of their own, so the
-        # session's nice is what lowers them against the kernel.
-        try:
-            with open(f"/proc/{proc.pid}/autogroup", "w") as f:
-                f.write(str(value))
-        except OSError:
-            pass
-    return done
-
-
 def _max_per_window(times: list[float], width: float = 1.0) -> int:
     best, lo = 0, 0
     for hi, t in enumerate(times):
@@ -180,12 +155,95 @@ def _panel_rate(bench: Bench, cfg: dict) -> dict:
             "rtt_flood_p50_p99_ms": [rnd(x, 1) for x in r.get("rtt_flood", ())]}
 
 
+def _at_level(pids: list[int], level: int) -> int:
+    """How many of the agents' workers and wandb-cores run at ``level``: process nice, and the
+    session's (``/proc/PID/autogroup``) where there is one."""
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.Error:
+            pass
+    procs += sidecars(set(pids))
+    count = 0
+    for proc in procs:
+        try:
+            ok = proc.nice() == level
+            with open(f"/proc/{proc.pid}/autogroup") as f:
+                ok = ok and int(f.read().split("nice")[-1]) == level
+        except (psutil.Error, OSError, ValueError):
+            continue
+        count += ok
+    return count
+
+
+def _phase(bench: Bench, kc, iopub: _Iopub, kernel: psutil.Process, cfg: dict, level: int, times_path: str,
+           per: int, first: bool) -> dict:
+    """One launch of the flood from the kernel (``--nice level`` unless 0), ``per`` round trips once
+    every agent is logging, then the session stopped (or, for the last, left to end on its own)."""
+    n = cfg["agents"]
+    # Twice as many runs as agents: a worker queues its next run as soon as one starts, so with
+    # exactly n runs an agent that starts late can find none left.  The second runs are stopped.
+    sweep_cfg = {"method": "grid", "parameters": {
+        "x": {"values": list(range(2 * n))}, "kind": {"value": "flood"}, "rate": {"value": cfg["rate"]},
+        "seconds": {"value": cfg["seconds"]}, "times": {"value": times_path}}}
+    _, status, text = _execute(kc, iopub, f"bench_sid = sweep_magic.local_sweep({sweep_cfg!r}, project='bench')")
+    if status != "ok":
+        raise RuntimeError(f"sweep setup failed: {text}")
+    nice = f" --nice {level}" if level else ""
+    t_launch = time.monotonic()
+    _, status, text = _execute(kc, iopub, f"%%sweep_parallel {{bench_sid}} --cpus {n} --no-wait{nice}\n{TRIAL_SRC}")
+    if status != "ok":
+        raise RuntimeError(f"%%sweep_parallel failed: {text}")
+    wait_code = ("s = sweep_magic.sessions()[-1]\n"
+                 "deadline = time.time() + 120\n"
+                 "while time.time() < deadline and not all(a.current_run for a in s.agents()):\n"
+                 "    time.sleep(0.1)\n"
+                 "from sweep_magic.panel import _PANELS\n"
+                 "p = _PANELS.get(s.id)\n"
+                 "print(json.dumps({'running': sum(1 for a in s.agents() if a.current_run),\n"
+                 "  'pids': [a.pid for a in s.agents()],\n"
+                 "  'panel': p is not None, 'sent': p.stats.messages_sent if p else None}))")
+    _, status, text = _execute(kc, iopub, wait_code, timeout=150)
+    state = json.loads(text.strip().splitlines()[-1])
+    result: dict = {"all_running_after_s": rnd(time.monotonic() - t_launch, 2)}
+    if state["running"] < n:
+        _, _, tail = _execute(kc, iopub, "import glob\nprint(s)\nfor p in sorted(glob.glob(s.dir + '/logs/*'))[:1]:\n"
+                                         "    print(open(p).read()[-1500:])")
+        raise RuntimeError(f"only {state['running']}/{n} agents reached their run (nice {level}): {tail[-2500:]}")
+    time.sleep(1.0)  # every run past wandb.init and logging; the worker's watcher has seen its wandb-core
+    result["at_level"] = _at_level(state["pids"], level)
+    comm_before = len(iopub.comm_times)
+    c0, t0 = kernel.cpu_times(), time.monotonic()
+    result["samples"] = _round_trips(kc, iopub, per)
+    c1, t1 = kernel.cpu_times(), time.monotonic()
+    result["cpu"] = (c1.user + c1.system) - (c0.user + c0.system)
+    result["wall"] = t1 - t0
+    _, status, text = _execute(kc, iopub, "print(sum(1 for a in s.agents() if a.current_run))")
+    result["still"] = int(text.strip().splitlines()[-1]) if status == "ok" and text.strip() else None
+    if first:
+        result["comm"] = [t for t in iopub.comm_times[comm_before:] if t <= t1]
+        result["panel_shown"] = state["panel"]
+        _, status, text = _execute(kc, iopub, (
+            "from sweep_magic.panel import _PANELS\n"
+            "p = _PANELS.get(s.id)\n"
+            f"print(json.dumps(None if p is None else {{'sent': p.stats.messages_sent, "
+            f"'max_1s': p.stats.max_in_window(1.0, since=time.monotonic() - {t1 - t0 + 1.0}), "
+            f"'deferred': p.stats.deferred, 'errors': p.stats.errors}}))"))
+        result["panel_stats"] = json.loads(text.strip().splitlines()[-1]) if status == "ok" and text.strip() else None
+    # Let the first trials end on their own, so each agent's achieved rate is on file; then stop.
+    deadline = time.monotonic() + cfg["seconds"] + 30
+    while len(read_times(times_path)) < n and time.monotonic() < deadline:
+        time.sleep(0.5)
+    _execute(kc, iopub, "s.stop()", timeout=60)
+    return result
+
+
 def run(bench: Bench) -> dict:
     from jupyter_client import KernelManager
 
     cfg = QUICK if bench.quick else FULL
     n = cfg["agents"]
-    times_path = os.path.join(bench.root, "kernel-flood.jsonl")
     out: dict = {"agents": n, "target_rate_per_agent": cfg["rate"], "round_trips": cfg["round_trips"]}
 
     km = KernelManager(kernel_name="python3")
@@ -210,88 +268,60 @@ def run(bench: Bench) -> dict:
             out["control_plain_flood"] = _control(bench, kc, iopub, kernel, cfg)
             bench.log(f"  control (same flood from plain agents outside the kernel): {out['control_plain_flood']}")
 
-        sweep_cfg = {"method": "grid", "parameters": {
-            "x": {"values": list(range(n))}, "kind": {"value": "flood"}, "rate": {"value": cfg["rate"]},
-            "seconds": {"value": cfg["seconds"]}, "times": {"value": times_path}}}
-        setup = (f"import warnings; warnings.simplefilter('ignore')\n"
-                 f"bench_sid = sweep_magic.local_sweep({sweep_cfg!r}, project='bench')\n"
-                 f"%load_ext sweep_magic\n")
-        _, status, text = _execute(kc, iopub, setup)
+        # The measured variants, each its own launch of the same flood on a fresh sweep: as
+        # launched (no --nice), and `%%sweep_parallel ... --nice 10` (launch(nice=10): every
+        # worker and its wandb-core at nice 10, process and session).  The full run does them
+        # twice, in ABBA order, so drift (other load on the machine) hits both alike.
+        order = [0, 10] if bench.quick else [0, 10, 10, 0]
+        per = max(1, cfg["round_trips"] // (len(order) // 2))
+        acc = {level: {"samples": [], "cpu": 0.0, "wall": 0.0, "rows": [], "start_s": [], "still": [],
+                       "reniced": []} for level in (0, 10)}
+        _, status, text = _execute(kc, iopub, "import warnings; warnings.simplefilter('ignore')\n%load_ext sweep_magic\n")
         if status != "ok":
-            raise RuntimeError(f"sweep setup failed: {text}")
-        t_launch = time.monotonic()
-        _, status, text = _execute(kc, iopub, f"%%sweep_parallel {{bench_sid}} --cpus {n} --no-wait\n{TRIAL_SRC}")
-        if status != "ok":
-            raise RuntimeError(f"%%sweep_parallel failed: {text}")
-        wait_code = ("s = sweep_magic.sessions()[-1]\n"
-                     "deadline = time.time() + 120\n"
-                     "while time.time() < deadline and not all(a.current_run for a in s.agents()):\n"
-                     "    time.sleep(0.1)\n"
-                     "from sweep_magic.panel import _PANELS\n"
-                     "p = _PANELS.get(s.id)\n"
-                     "print(json.dumps({'running': sum(1 for a in s.agents() if a.current_run),\n"
-                     "  'pids': [a.pid for a in s.agents()],\n"
-                     "  'panel': p is not None, 'sent': p.stats.messages_sent if p else None}))")
-        _, status, text = _execute(kc, iopub, wait_code, timeout=150)
-        state = json.loads(text.strip().splitlines()[-1])
-        out["all_running_after_s"] = rnd(time.monotonic() - t_launch, 2)
-        if state["running"] < n:
-            raise RuntimeError(f"only {state['running']}/{n} agents reached their run")
-        out["panel_shown"] = state["panel"]
-
-        # The measured windows, interleaved in chunks so drift (agents ending, other load on the
-        # machine) hits both alike: the flood as launched, and the same flood with every agent
-        # process (workers, their children, their wandb-cores) and its session at nice 10, set from
-        # outside — what a worker that lowers its own priority would give.  That tells CPU
-        # starvation of the kernel apart from work the kernel itself does.
-        chunks = 2 if bench.quick else 4
-        per = max(1, cfg["round_trips"] // chunks)
-        samples = {0: [], 10: []}
-        cpu = {0: 0.0, 10: 0.0}
-        wall = {0: 0.0, 10: 0.0}
-        comm_before = len(iopub.comm_times)
-        start = time.monotonic()
-        reniced = 0
-        for _ in range(chunks):
-            for level in (0, 10):
-                reniced = max(reniced, _renice(state["pids"], level))
-                c0, t0 = kernel.cpu_times(), time.monotonic()
-                samples[level] += _round_trips(kc, iopub, per)
-                c1, t1 = kernel.cpu_times(), time.monotonic()
-                cpu[level] += (c1.user + c1.system) - (c0.user + c0.system)
-                wall[level] += t1 - t0
-        end = time.monotonic()
-        comm = [t for t in iopub.comm_times[comm_before:] if t <= end]
-        _, status, text = _execute(kc, iopub, "print(sum(1 for a in s.agents() if a.current_run))")
-        still = int(text.strip().splitlines()[-1]) if status == "ok" and text.strip() else None
-        for level, key in ((0, "flood"), (10, "flood_agents_nice10")):
-            values = samples[level]
+            raise RuntimeError(f"setup failed: {text}")
+        for i, level in enumerate(order):
+            times_path = os.path.join(bench.root, f"kernel-flood-{i}-nice{level}.jsonl")
+            phase = _phase(bench, kc, iopub, kernel, cfg, level, times_path, per, first=(i == 0))
+            a = acc[level]
+            a["samples"] += phase["samples"]
+            a["cpu"] += phase["cpu"]
+            a["wall"] += phase["wall"]
+            a["rows"] += read_times(times_path)
+            a["start_s"].append(phase["all_running_after_s"])
+            a["still"].append(phase["still"])
+            a["reniced"].append(phase["at_level"])
+            if "comm" in phase:
+                out.update({k: phase[k] for k in ("panel_shown", "panel_stats")})
+                comm, span = phase["comm"], phase["wall"]
+                acc[level]["comm"] = (len(comm) / span if span else None, _max_per_window(comm) if comm else 0)
+            bench.log(f"  phase {i + 1}/{len(order)} ({'launch(nice=10)' if level else 'as launched'}): "
+                      f"p50 {rnd(pct(phase['samples'], 50) * 1e3, 1)} ms, p99 {rnd(pct(phase['samples'], 99) * 1e3, 1)} ms, "
+                      f"{phase['at_level']} agent processes at nice {level}")
+        for level, key in ((0, "flood"), (10, "flood_launch_nice10")):
+            a = acc[level]
+            values = a["samples"]
+            rates = [r["logged"] / (r["worked"] - r["inited"]) for r in a["rows"] if r["worked"] > r["inited"]]
             out[key] = {
                 "round_trips": len(values),
-                "window_s": rnd(wall[level], 2),
+                "window_s": rnd(a["wall"], 2),
                 "p50_ms": rnd(pct(values, 50) * 1e3, 1),
                 "p99_ms": rnd(pct(values, 99) * 1e3, 1),
                 "max_ms": rnd(max(values) * 1e3, 1),
-                "kernel_cpu_pct": rnd(100 * cpu[level] / wall[level], 1),
+                "kernel_cpu_pct": rnd(100 * a["cpu"] / a["wall"], 1),
+                "all_running_after_s": a["start_s"],
+                "agents_still_running_after": a["still"],
+                "processes_at_level": a["reniced"],  # workers + wandb-cores found at this nice, per launch
+                "achieved_rate_per_agent": {"agents_reporting": len(rates),
+                                            "min": rnd(min(rates), 0) if rates else None,
+                                            "median": rnd(sorted(rates)[len(rates) // 2], 0) if rates else None},
             }
-        out["flood"].update({
-            "widget_msgs_per_s": rnd(len(comm) / (end - start), 1),
-            "widget_msgs_max_1s": _max_per_window(comm) if comm else 0,
-            "agents_still_running_after": still,
-        })
-        out["flood_agents_nice10"]["processes_reniced"] = reniced
-        bench.log(f"  under flood: {out['flood']}")
-        bench.log(f"  under flood, agents at nice 10: {out['flood_agents_nice10']}")
-        _, status, text = _execute(kc, iopub, (
-            "from sweep_magic.panel import _PANELS\n"
-            "p = _PANELS.get(s.id)\n"
-            f"print(json.dumps(None if p is None else {{'sent': p.stats.messages_sent, "
-            f"'max_1s': p.stats.max_in_window(1.0, since=time.monotonic() - {end - start + 1.0}), "
-            f"'deferred': p.stats.deferred, 'errors': p.stats.errors}}))"))
-        out["panel_stats"] = json.loads(text.strip().splitlines()[-1]) if status == "ok" and text.strip() else None
-        # Let the trials end on their own, so each agent's achieved rate is on file.
-        _, status, text = _execute(kc, iopub, "print(s.wait(timeout=90)); print(s.snapshot().state)", timeout=120)
-        out["session_end"] = text.strip().replace("\n", " ")
+            if "comm" in a:
+                out[key]["widget_msgs_per_s"] = rnd(a["comm"][0], 1)
+                out[key]["widget_msgs_max_1s"] = a["comm"][1]
+        out["all_running_after_s"] = out["flood"]["all_running_after_s"][0]
+        out["achieved_rate_per_agent"] = out["flood"]["achieved_rate_per_agent"]
+        bench.log(f"  under flood, as launched: {out['flood']}")
+        bench.log(f"  under flood, launch(nice=10): {out['flood_launch_nice10']}")
     finally:
         try:
             if kc.is_alive():
@@ -304,9 +334,4 @@ def run(bench: Bench) -> dict:
             km.shutdown_kernel(now=False)
         km.cleanup_resources()
     out["panel_rate_synthetic"] = _panel_rate(bench, cfg)
-    rows = read_times(times_path)
-    rates = [r["logged"] / (r["worked"] - r["inited"]) for r in rows if r["worked"] > r["inited"]]
-    out["achieved_rate_per_agent"] = {"agents_reporting": len(rows),
-                                      "min": rnd(min(rates), 0) if rates else None,
-                                      "median": rnd(sorted(rates)[len(rates) // 2], 0) if rates else None}
     return out
