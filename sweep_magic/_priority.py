@@ -19,6 +19,7 @@ import threading
 import time
 
 POLL_SECONDS = 0.2  # pyagent starts a new wandb-core for every run: keep looking for them
+BACKSTOP_SECONDS = 2.0  # when the launcher wrapper is in place (a scan of /proc costs ~10 µs a process)
 _warned = False
 
 
@@ -99,15 +100,41 @@ def apply_sidecar(pid: int, nice: int) -> None:
     set_autogroup(pid, nice)
 
 
+def _hook_launch(nice: int) -> bool:
+    """Wrap wandb's service launcher so each wandb-core is lowered the moment it is started.
+    False when wandb's layout is not the one we know (the poller then does it alone)."""
+    try:
+        from wandb.sdk.lib.service import service_process
+    except Exception:
+        return False
+    original = getattr(service_process, "_launch_server", None)
+    if original is None or getattr(original, "_sweep_magic_nice", None) is not None:
+        return original is not None
+
+    def launch_server(*args, **kwargs):
+        service = original(*args, **kwargs)
+        try:
+            apply_sidecar(service._process.pid, nice)
+        except Exception:
+            pass  # the poller finds it
+        return service
+
+    launch_server._sweep_magic_nice = nice
+    service_process._launch_server = launch_server
+    return True
+
+
 def watch_sidecars(nice: int | None, poll: float = POLL_SECONDS) -> threading.Thread | None:
-    """A daemon thread that gives every wandb-core this worker starts (one per run) ``nice``,
-    process and session, as soon as it sees it."""
+    """Give every wandb-core this worker starts (pyagent starts one per run) ``nice``, process
+    and session: at once through a wrapper on wandb's launcher, and a daemon thread that looks
+    for them (often when the wrapper could not be installed, else now and then, as a backstop)."""
     if not nice:
         return None
+    if _hook_launch(nice):
+        poll = BACKSTOP_SECONDS
     try:
         import psutil  # noqa: F401
     except ImportError:
-        _note("psutil is missing: wandb-core keeps its own session's priority")
         return None
     me = os.getpid()
 

@@ -126,9 +126,13 @@ def _apply_slot(spec: WorkerSpec) -> None:
 def _apply_priority(spec: WorkerSpec) -> None:
     from sweep_magic import _priority
 
-    nice = getattr(spec, "nice", None)  # specs from before the field have none
-    _priority.apply_self(nice)
-    _priority.watch_sidecars(nice)  # wandb-core is a session of its own, one per run
+    _priority.apply_self(getattr(spec, "nice", None))  # specs from before the field have none
+
+
+def _watch_priority(spec: WorkerSpec) -> None:
+    from sweep_magic import _priority
+
+    _priority.watch_sidecars(getattr(spec, "nice", None))  # each wandb-core is a session of its own
 
 
 def _load_function(spec: WorkerSpec):
@@ -199,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         except _hooks.HookMissing as err:
             exiting("error", str(err))
             return EXIT_AGENT_ERROR
+        _watch_priority(spec)  # wandb is imported now; its wandb-cores start inside wandb.agent
         signal.signal(signal.SIGUSR1, lambda signum, frame: _hooks.start_drain(reporter))
         if drain_early.is_set():
             exiting("drained")
