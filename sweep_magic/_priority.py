@@ -127,7 +127,8 @@ def _hook_launch(nice: int) -> bool:
 def watch_sidecars(nice: int | None, poll: float = POLL_SECONDS) -> threading.Thread | None:
     """Give every wandb-core this worker starts (pyagent starts one per run) ``nice``, process
     and session: at once through a wrapper on wandb's launcher, and a daemon thread that looks
-    for them (often when the wrapper could not be installed, else now and then, as a backstop)."""
+    for them among our children (every POLL_SECONDS when the wrapper could not be installed,
+    else every BACKSTOP_SECONDS)."""
     if not nice:
         return None
     if _hook_launch(nice):
