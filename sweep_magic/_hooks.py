@@ -5,7 +5,7 @@ pinned wandb range (WANDB_PROTOCOL.md §4) before ``wandb.agent`` starts:
 
     pyagent.Agent._init / _register / _run_job / _heartbeat_commands / _exit
     wandb.sdk.wandb_run.Run._on_start / _partial_history_callback / _finish
-    pyagent.time.sleep (cut short on exit, and nudged on a run's start and end)
+    pyagent.time.sleep (cut short on exit, and nudged when a run ends)
 
 Any of them missing is a loud ``HookMissing`` at start, never a silently blind view.
 
@@ -163,7 +163,6 @@ class Reporter:
         with self._lock:
             self._runs[run_id] = _RunState(run_id, config)
             self._current = run_id
-        self.sleeper.nudge()  # heartbeat now: the server sees the run and can queue the next one
 
     def job_end(self, run_id: str, status: str | None) -> None:
         """After pyagent's ``_run_job``: report the run's outcome (also for a function that
