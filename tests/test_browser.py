@@ -180,6 +180,40 @@ def _drive(page, lab):
     screenshot(page, "jupyterlab.png")
 
 
+def test_panel_in_notebook7(tmp_path):
+    """The same panel in Notebook 7 (same widget manager, another shell): the GPU picker renders and
+    Start runs real CPU agents to finished runs."""
+    require_chromium()
+    root = tmp_path / "root"
+    root.mkdir()
+    _notebook(root / "panel.ipynb")
+    env = {"SWEEP_MAGIC_HOME": str(tmp_path / "sm-home"), "WANDB_SILENT": "true"}
+    with JupyterLab(root, env=env, app="notebook") as nb7, chromium() as page:
+        try:
+            page.goto(nb7.url("/notebooks/panel.ipynb"))
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+            wait_kernel_idle(page)
+            run_command(page, "notebook:run-all-cells")
+            gpu = _cell_output(page, 1)
+            gpu.locator(".widget-checkbox").first.wait_for(timeout=90_000)
+            boxes = gpu.locator(".widget-checkbox input[type=checkbox]")
+            assert [boxes.nth(i).is_checked() for i in range(boxes.count())] == [True, True, False, True]
+            cpu = _cell_output(page, 2)
+            start = cpu.get_by_title("start agents with these settings")
+            start.wait_for(timeout=90_000)
+            sweep_box = cpu.locator("input[placeholder^='sweep id']")
+            sweep_box.fill("quick")
+            sweep_box.press("Tab")
+            start.click()
+            _wait_text(page, cpu.locator(".sweep-magic-header"), r"· finished ·", 240)
+            _wait_text(page, cpu.locator(".sweep-magic-results"), r"★[\s\S]*(finished[\s\S]*){4}", 30)
+            screenshot(page, "notebook7.png")
+        except BaseException:
+            screenshot(page, "notebook7-failure.png")
+            print(nb7.log_tail())
+            raise
+
+
 def _wait_text(page, locator, pattern, timeout_s):
     """Until the element's text matches ``pattern`` (a JS regex)."""
     page.wait_for_function(
