@@ -1,4 +1,4 @@
-"""sweep_magic benchmarks: ``python -m benchmarks [--quick] [--out DIR]`` (see docs/BENCHMARKS.md).
+"""sweep_magic benchmarks: ``python -m benchmarks [--quick] [--out DIR]`` (see the README's Benchmarks section).
 
 One module per benchmark, each with ``run(bench) -> dict``; ``__main__`` runs them in this
 order, in one process, against one embedded server, and writes results.json / results.md.
