@@ -17,26 +17,13 @@ from traitlets.config import Config
 
 from sweep_magic import _function, api, devices
 from sweep_magic.magic import SweepMagics, _gpus
-
-
-class _TestShell(InteractiveShell):
-    """An InteractiveShell whose ``run_cell`` re-raises, as jupysql's test shell does."""
-
-    def run_cell(self, *args, **kwargs):
-        result = super().run_cell(*args, **kwargs)
-        result.raise_error()
-        return result
+from shells import magic_shell
 
 
 @pytest.fixture(scope="module")
 def ip():
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    shell = _TestShell.instance(config=config)
-    shell.run_line_magic("load_ext", "sweep_magic")
-    yield shell
-    shell.run_line_magic("unload_ext", "sweep_magic")
-    _TestShell.clear_instance()
+    with magic_shell() as shell:
+        yield shell
 
 
 @pytest.fixture

@@ -9,10 +9,9 @@ import time
 import psutil
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
-from traitlets.config import Config
 
 from sweep_magic import _proc, api, local_sweep
+from shells import magic_shell
 
 
 def _grid(n: int, project: str) -> str:
@@ -110,22 +109,10 @@ def test_launch_rejects_bad_nice_before_anything(nice):
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
 
 
-class _TestShell(InteractiveShell):
-    def run_cell(self, *args, **kwargs):
-        result = super().run_cell(*args, **kwargs)
-        result.raise_error()
-        return result
-
-
 @pytest.fixture
 def ip():
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    shell = _TestShell.instance(config=config)
-    shell.run_line_magic("load_ext", "sweep_magic")
-    yield shell
-    shell.run_line_magic("unload_ext", "sweep_magic")
-    _TestShell.clear_instance()
+    with magic_shell() as shell:
+        yield shell
 
 
 @pytest.mark.parametrize("value, expected", [("25", "must be from 0 to 19"), ("-3", "must be from 0 to 19"),
