@@ -103,18 +103,8 @@ def test_panel_in_jupyterlab(tmp_path):
 
 
 def _drive(page, lab):
-    page.goto(lab.url("/lab/tree/panel.ipynb"))
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-    wait_kernel_idle(page)
-    run_command(page, "notebook:run-all-cells")
-
-    # -- the device picker over an injected 4-GPU inventory
-    gpu = _cell_output(page, 1)
-    gpu.locator(".widget-checkbox").first.wait_for(timeout=90_000)
-    boxes = gpu.locator(".widget-checkbox input[type=checkbox]")
-    assert boxes.count() == 4
-    assert [boxes.nth(i).is_checked() for i in range(4)] == [True, True, False, True]
-    assert "alice" in gpu.inner_text() and "(busy)" in gpu.inner_text()
+    _run_all(page, lab.url("/lab/tree/panel.ipynb"))
+    gpu = _check_gpu_picker(page)
     screenshot(gpu, "panel-gpus.png")
 
     # -- the CPU panel from %sweep_parallel: Start a real local sweep, see finished runs
@@ -190,14 +180,8 @@ def test_panel_in_notebook7(tmp_path):
     env = {"SWEEP_MAGIC_HOME": str(tmp_path / "sm-home"), "WANDB_SILENT": "true"}
     with JupyterLab(root, env=env, app="notebook") as nb7, chromium() as page:
         try:
-            page.goto(nb7.url("/notebooks/panel.ipynb"))
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-            wait_kernel_idle(page)
-            run_command(page, "notebook:run-all-cells")
-            gpu = _cell_output(page, 1)
-            gpu.locator(".widget-checkbox").first.wait_for(timeout=90_000)
-            boxes = gpu.locator(".widget-checkbox input[type=checkbox]")
-            assert [boxes.nth(i).is_checked() for i in range(boxes.count())] == [True, True, False, True]
+            _run_all(page, nb7.url("/notebooks/panel.ipynb"))
+            _check_gpu_picker(page)
             cpu = _cell_output(page, 2)
             start = cpu.get_by_title("start agents with these settings")
             start.wait_for(timeout=90_000)
@@ -212,6 +196,24 @@ def test_panel_in_notebook7(tmp_path):
             screenshot(page, "notebook7-failure.png")
             print(nb7.log_tail())
             raise
+
+
+def _run_all(page, url):
+    page.goto(url)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    wait_kernel_idle(page)
+    run_command(page, "notebook:run-all-cells")
+
+
+def _check_gpu_picker(page):
+    """The device picker over the injected 4-GPU inventory: GPU 2 (another user's process) unticked."""
+    gpu = _cell_output(page, 1)
+    gpu.locator(".widget-checkbox").first.wait_for(timeout=90_000)
+    boxes = gpu.locator(".widget-checkbox input[type=checkbox]")
+    assert boxes.count() == 4
+    assert [boxes.nth(i).is_checked() for i in range(4)] == [True, True, False, True]
+    assert "alice" in gpu.inner_text() and "(busy)" in gpu.inner_text()
+    return gpu
 
 
 def _wait_text(page, locator, pattern, timeout_s):
