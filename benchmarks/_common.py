@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import textwrap
 import time
 
 import psutil
+
+from sweep_magic._proc import kill_group, sidecars_of  # noqa: F401  (kill_group: re-exported)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.dirname(sys.executable)
@@ -207,40 +208,9 @@ def wait_group(proc: subprocess.Popen, timeout: float) -> int | None:
         return None
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL ``proc``'s process group, then the wandb-core sidecars of its members."""
-    members = []
-    try:
-        members = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)] + [proc.pid]
-    except psutil.Error:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for core in sidecars(set(members)):
-        try:
-            core.kill()
-        except psutil.Error:
-            pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-
-
 def sidecars(pids: set[int]) -> list[psutil.Process]:
     """wandb-core processes started with ``--pid`` one of ``pids`` (their own session, not our group)."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = proc.info.get("cmdline") or []
-        if cmd and "wandb-core" in os.path.basename(cmd[0]) and "--pid" in cmd:
-            try:
-                if int(cmd[cmd.index("--pid") + 1]) in pids:
-                    found.append(proc)
-            except (ValueError, IndexError):
-                continue
-    return found
+    return sidecars_of(*pids)
 
 
 def marked(token: str) -> list[psutil.Process]:

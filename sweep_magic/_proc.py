@@ -53,21 +53,45 @@ def signal_group(pgid: int, sig: int) -> bool:
         return False
 
 
-def sidecars_of(pid: int) -> list:
-    """wandb-core processes started for ``pid``: they run in a session of their own with
+def sidecars_of(*pids: int) -> list:
+    """wandb-core processes started for any of ``pids``: they run in a session of their own with
     ``--pid <owner>`` (outside the worker's group) and exit ~1.5 s after their owner."""
     import psutil
 
+    owners = set(pids)
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmd = proc.info.get("cmdline") or []
         if cmd and "wandb-core" in os.path.basename(cmd[0]) and "--pid" in cmd:
             try:
-                if int(cmd[cmd.index("--pid") + 1]) == pid:
+                if int(cmd[cmd.index("--pid") + 1]) in owners:
                     found.append(proc)
             except (ValueError, IndexError):
                 continue
     return found
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc``'s process group and the wandb-core sidecars of its members, then reap it.
+
+    For tests and benchmarks that start plain agents in a session of their own."""
+    import psutil
+
+    try:
+        members = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)] + [proc.pid]
+    except psutil.Error:
+        members = [proc.pid]
+    cores = sidecars_of(*members)  # found before the kill: a dead owner's --pid still names it
+    signal_group(proc.pid, signal.SIGKILL)
+    for core in cores:
+        try:
+            core.kill()
+        except psutil.Error:
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def reap_sidecars(pid: int, grace: float = 3.0) -> None:

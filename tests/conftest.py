@@ -13,6 +13,8 @@ import time
 import psutil
 import pytest
 
+from sweep_magic._proc import sidecars_of
+
 
 def _descendants() -> set[int]:
     try:
@@ -35,17 +37,7 @@ def _alive(pids: set[int]) -> list[psutil.Process]:
 
 def _wandb_core_of(pids: set[int]) -> set[int]:
     """wandb-core runs in its own session with ``--pid <owner>``: not our child, but ours."""
-    found = set()
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = proc.info.get("cmdline") or []
-        if cmd and "wandb-core" in os.path.basename(cmd[0]) and "--pid" in cmd:
-            try:
-                owner = int(cmd[cmd.index("--pid") + 1])
-            except (ValueError, IndexError):
-                continue
-            if owner in pids:
-                found.add(proc.info["pid"])
-    return found
+    return {proc.pid for proc in sidecars_of(*pids)}
 
 
 def _own_sidecars() -> set[int]:

@@ -14,7 +14,8 @@ import sys
 import textwrap
 import time
 
-import psutil
+
+from sweep_magic._proc import kill_group
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.dirname(sys.executable)
@@ -56,29 +57,6 @@ def start(cmd: list[str], env: dict, cwd, log_path) -> subprocess.Popen:
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     finally:
         log.close()
-
-
-def kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
-    """Kill the process group and its wandb-core sidecars (they live in their own session)."""
-    try:
-        cores = [p for p in psutil.process_iter(["cmdline"])
-                 if (p.info["cmdline"] or [""])[0].endswith("wandb-core")
-                 and str(proc.pid) in (p.info["cmdline"] or [])]
-    except psutil.Error:
-        cores = []
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    for core in cores:
-        try:
-            core.kill()
-        except psutil.Error:
-            pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def reap(procs) -> None:
