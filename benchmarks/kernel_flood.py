@@ -29,7 +29,17 @@ import time
 
 import psutil
 
-from benchmarks._common import REPO, TRIAL_SRC, Bench, kill_group, pct, read_times, rnd, sidecars
+from benchmarks._common import (
+    REPO,
+    TRIAL_SRC,
+    Bench,
+    kill_group,
+    pct,
+    read_times,
+    rnd,
+    sidecars,
+)
+from sweep_magic._panel_refresh import max_in_window
 
 FULL = dict(agents=8, rate=2000, seconds=45, round_trips=200, synthetic_seconds=10)
 QUICK = dict(agents=4, rate=2000, seconds=15, round_trips=50, synthetic_seconds=3)
@@ -93,15 +103,6 @@ def _round_trips(kc, iopub: _Iopub, n: int) -> list[float]:
         iopub.outputs.pop(msg_id, None)
         time.sleep(GAP_BETWEEN)
     return times
-
-
-def _max_per_window(times: list[float], width: float = 1.0) -> int:
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while t - times[lo] >= width:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 def _control(bench: Bench, kc, iopub: _Iopub, kernel: psutil.Process, cfg: dict) -> dict:
@@ -293,7 +294,7 @@ def run(bench: Bench) -> dict:
             if "comm" in phase:
                 out.update({k: phase[k] for k in ("panel_shown", "panel_stats")})
                 comm, span = phase["comm"], phase["wall"]
-                acc[level]["comm"] = (len(comm) / span if span else None, _max_per_window(comm) if comm else 0)
+                acc[level]["comm"] = (len(comm) / span if span else None, max_in_window(comm) if comm else 0)
             bench.log(f"  phase {i + 1}/{len(order)} ({'launch(nice=10)' if level else 'as launched'}): "
                       f"p50 {rnd(pct(phase['samples'], 50) * 1e3, 1)} ms, p99 {rnd(pct(phase['samples'], 99) * 1e3, 1)} ms, "
                       f"{phase['at_level']} agent processes at nice {level}")

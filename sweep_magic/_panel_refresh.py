@@ -54,12 +54,17 @@ class PanelStats:
         """The most messages sent in any window of ``seconds`` (sliding), counting from ``since``."""
         with self.lock:
             times = [t for t in self.times if t >= since]
-        best, lo = 0, 0
-        for hi, t in enumerate(times):
-            while t - times[lo] >= seconds:
-                lo += 1
-            best = max(best, hi - lo + 1)
-        return best
+        return max_in_window(times, seconds)
+
+
+def max_in_window(times: list[float], seconds: float = 1.0) -> int:
+    """The most of the sorted ``times`` that fall in any sliding window of ``seconds``."""
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= seconds:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
 
 
 def count_messages(widget, stats: PanelStats) -> None:
