@@ -12,7 +12,7 @@ from nbclient import NotebookClient
 
 pytestmark = pytest.mark.kernel
 
-DEMOS = pathlib.Path(__file__).resolve().parent.parent / "demo_notebooks"
+DEMOS = pathlib.Path(__file__).resolve().parents[2] / "demo_notebooks"
 
 
 def test_quickstart_runs_headless_in_under_two_minutes(tmp_path, monkeypatch):

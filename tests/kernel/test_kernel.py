@@ -20,7 +20,7 @@ from jupyter_client import KernelManager
 from nbclient import NotebookClient
 
 pytestmark = pytest.mark.kernel
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 GRID = """config = {{"method": "grid", "metric": {{"name": "loss", "goal": "minimize"}},
           "parameters": {{"a": {{"values": {a}}}, "b": {{"values": {b}}}}}}}
