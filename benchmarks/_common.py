@@ -22,7 +22,7 @@ import time
 
 import psutil
 
-from sweep_magic._proc import kill_group, sidecars_of  # noqa: F401  (kill_group: re-exported)
+from sweep_magic._testing import kill_group, sidecars_of  # noqa: F401  (kill_group: re-exported)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.dirname(sys.executable)

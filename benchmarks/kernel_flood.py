@@ -39,7 +39,7 @@ from benchmarks._common import (
     rnd,
     sidecars,
 )
-from sweep_magic._panel_refresh import max_in_window
+from sweep_magic.faces.panel_refresh import max_in_window
 
 FULL = dict(agents=8, rate=2000, seconds=45, round_trips=200, synthetic_seconds=10)
 QUICK = dict(agents=4, rate=2000, seconds=15, round_trips=50, synthetic_seconds=3)
@@ -200,7 +200,7 @@ def _phase(bench: Bench, kc, iopub: _Iopub, kernel: psutil.Process, cfg: dict, l
                  "deadline = time.time() + 120\n"
                  "while time.time() < deadline and not all(a.current_run for a in s.agents()):\n"
                  "    time.sleep(0.1)\n"
-                 "from sweep_magic.panel import _PANELS\n"
+                 "from sweep_magic.faces.panel import _PANELS\n"
                  "p = _PANELS.get(s.id)\n"
                  "print(json.dumps({'running': sum(1 for a in s.agents() if a.current_run),\n"
                  "  'pids': [a.pid for a in s.agents()],\n"
@@ -226,7 +226,7 @@ def _phase(bench: Bench, kc, iopub: _Iopub, kernel: psutil.Process, cfg: dict, l
         result["comm"] = [t for t in iopub.comm_times[comm_before:] if t <= t1]
         result["panel_shown"] = state["panel"]
         _, status, text = _execute(kc, iopub, (
-            "from sweep_magic.panel import _PANELS\n"
+            "from sweep_magic.faces.panel import _PANELS\n"
             "p = _PANELS.get(s.id)\n"
             f"print(json.dumps(None if p is None else {{'sent': p.stats.messages_sent, "
             f"'max_1s': p.stats.max_in_window(1.0, since=time.monotonic() - {t1 - t0 + 1.0}), "

@@ -37,7 +37,7 @@ SYNTHETIC = """
 import sys, threading, time
 sys.path.insert(0, {tests!r})
 from panel_fakes import FakeSession
-from sweep_magic.panel import SessionPanel
+from sweep_magic.faces.panel import SessionPanel
 session = FakeSession(agents=8)
 runs = [session.start_run(i, name=f"run-{{i}}", config={{"lr": i}}) for i in range(8)]
 panel = SessionPanel(session)
@@ -63,7 +63,7 @@ _t.start()
 
 REAL = """
 import sweep_magic, time
-from sweep_magic.panel import SessionPanel
+from sweep_magic.faces.panel import SessionPanel
 cfg = {{"method": "random", "metric": {{"name": "loss", "goal": "minimize"}},
         "parameters": {{"lr": {{"min": 0.0, "max": 1.0}}}}}}
 def train():

@@ -23,116 +23,14 @@ import os
 import threading
 import time
 
-from sweep_magic import _function, _target
-from sweep_magic._target import Target
+from sweep_magic import payload, target as targets
 from sweep_magic.errors import SweepMagicError, SweepNotFound
-from sweep_magic.snapshot import AgentSnapshot, SessionSnapshot
+from sweep_magic.paths import home
+from sweep_magic.session import Subscribers, SweepSession
 
 _sessions: list[SweepSession] = []
 _sessions_lock = threading.Lock()
 _numbers = itertools.count(1)
-
-
-class SweepSession:
-    """A running (or finished) group of agents working on one sweep; made by ``launch``."""
-
-    def __init__(self, supervisor, *, id: str, sweep_id: str, dir: str, target: Target):
-        self.id = id
-        self.sweep_id = sweep_id
-        self.dir = dir  # logs/ and the offline runs (WANDB_DIR) of this session
-        self.local = target.local  # the target itself is not kept: its env holds the API key
-        self._supervisor = supervisor
-        self._subscribers: list = []
-        self._sub_lock = threading.Lock()
-
-    # --- state -------------------------------------------------------------------------
-    def snapshot(self) -> SessionSnapshot:
-        return self._supervisor.snapshot()
-
-    @property
-    def done(self) -> bool:
-        return self.snapshot().done
-
-    def results(self) -> list[dict]:
-        """One plain dict per run, in start order (see ``RunSnapshot.as_result``)."""
-        return [run.as_result() for run in self.snapshot().runs]
-
-    def agents(self) -> list[AgentSnapshot]:
-        return list(self.snapshot().agents)
-
-    # --- control -----------------------------------------------------------------------
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until every agent has ended (True) or ``timeout`` passed (False).
-
-        Ctrl-C stops the agents (what ran so far stays in ``results()``) and re-raises.
-        """
-        try:
-            return self._supervisor.wait(timeout)
-        except KeyboardInterrupt:
-            self.stop()
-            raise
-
-    def stop(self, drain: bool = False) -> None:
-        """Stop every agent: now (the runs are killed), or with ``drain=True`` after their current run."""
-        self._supervisor.stop(drain=drain)
-
-    def drain_agent(self, i: int) -> None:
-        self._supervisor.drain_agent(i)
-
-    def kill_agent(self, i: int) -> None:
-        self._supervisor.kill_agent(i)
-
-    def restart_agent(self, i: int) -> None:
-        self._supervisor.restart_agent(i)
-
-    def subscribe(self, callback):
-        """Call ``callback()`` (from a supervisor thread) on every change; returns an unsubscribe function.
-
-        Views must only mark themselves dirty here and redraw from their own refresher.
-        """
-        with self._sub_lock:
-            self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            with self._sub_lock:
-                if callback in self._subscribers:
-                    self._subscribers.remove(callback)
-
-        return unsubscribe
-
-    def _changed(self) -> None:
-        with self._sub_lock:
-            callbacks = list(self._subscribers)
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:  # a broken view must not break supervision
-                pass
-
-    # --- faces -------------------------------------------------------------------------
-    def show(self, *, widget: bool | None = None):
-        """Show the session live: the panel in a notebook, text elsewhere (also in plain Python)."""
-        from sweep_magic import _display
-
-        return _display.show(self, widget=widget)
-
-    def _ipython_display_(self) -> None:
-        self.show()
-
-    def _repr_pretty_(self, p, cycle) -> None:
-        from sweep_magic import text
-
-        p.text(text.render(self.snapshot()))
-
-    def __str__(self) -> str:
-        from sweep_magic import text
-
-        return text.render(self.snapshot())
-
-    def __repr__(self) -> str:
-        snap = self.snapshot()
-        done = sum(1 for r in snap.runs if r.state != "running")
-        return f"<SweepSession {self.id} sweep={self.sweep_id} {snap.state}: {len(snap.agents)} agents, {done} runs done>"
 
 
 def launch(
@@ -157,20 +55,19 @@ def launch(
     machine; None or 0 leaves it as it is.  Raises a ``SweepMagicError`` subclass with a
     one-line message, before any process starts, for every input it can check.
     """
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+    if not valid_count(count):
         raise SweepMagicError(f"count must be a whole number ≥ 1 (runs per agent), got {count!r}")
-    if nice is not None and (isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19):
+    if not valid_nice(nice):
         raise SweepMagicError(f"nice must be a whole number from 0 to 19 (19 = lowest priority), got {nice!r}")
     if not isinstance(sweep_id, str) or not sweep_id.strip():
         raise SweepNotFound(f"a sweep id is a non-empty string, got {sweep_id!r}")
-    payload = _function.prepare(function)
+    function_pickle = payload.prepare(function)
     from sweep_magic import devices
 
     slots = devices.plan(gpus=gpus, cpus=cpus, agents_per_gpu=agents_per_gpu)
-    target = _target.resolve(sweep_id.strip(), project, entity)
+    target = targets.resolve(sweep_id.strip(), project, entity)
 
-    number = next(_numbers)
-    session_id = f"s{number}"
+    session_id = f"s{next(_numbers)}"
     session_dir = _session_dir(session_id)
     log_dir = os.path.join(session_dir, "logs")
     os.makedirs(log_dir, mode=0o700, exist_ok=True)
@@ -178,24 +75,16 @@ def launch(
         # Runs that cannot report through the side channel are read from their files here.
         from sweep_magic.server import local_server
 
-        add = getattr(local_server(), "add_wandb_dir", None)
-        if callable(add):
-            add(session_dir)
+        local_server().add_wandb_dir(session_dir)
 
-    from sweep_magic.supervisor import Supervisor
-    from sweep_magic.worker import WorkerSpec  # the process layer's; imported only when used
+    from sweep_magic.agents.supervisor import Supervisor
+    from sweep_magic.protocol.spec import WorkerSpec
 
-    base_env = dict(target.env, WANDB_DIR=session_dir)
-    if target.project:
-        base_env["WANDB_PROJECT"] = target.project
-    if target.entity:
-        base_env["WANDB_ENTITY"] = target.entity
-    # Entity/project the target does not set must not be inherited from the kernel either.
-    remove = list(target.remove_env) + [k for k in ("WANDB_PROJECT", "WANDB_ENTITY") if k not in base_env]
+    base_env, remove = target.worker_env(session_dir)
 
     def spec_for_slot(slot) -> WorkerSpec:
         return WorkerSpec(
-            function_pickle=payload,
+            function_pickle=function_pickle,
             sweep_id=target.sweep_id,
             count=count,
             project=target.project,
@@ -209,7 +98,7 @@ def launch(
             nice=nice or None,
         )
 
-    holder: dict = {}
+    changes = Subscribers()
     supervisor = Supervisor(
         spec_for_slot,
         slots,
@@ -218,12 +107,10 @@ def launch(
         log_dir=log_dir,
         metric_name=target.metric_name,
         metric_goal=target.metric_goal,
-        # The session does not exist yet when the supervisor is built; changes before
-        # it does have no subscriber to tell anyway.
-        on_change=lambda: holder["s"]._changed() if "s" in holder else None,
+        on_change=changes.fire,
     )
-    session = SweepSession(supervisor, id=session_id, sweep_id=target.sweep_id, dir=session_dir, target=target)
-    holder["s"] = session
+    session = SweepSession(supervisor, changes, id=session_id, sweep_id=target.sweep_id, dir=session_dir,
+                           local=target.local)
     with _sessions_lock:
         _sessions.append(session)
     try:
@@ -234,6 +121,16 @@ def launch(
             _sessions.remove(session)
         raise
     return session
+
+
+def valid_count(count) -> bool:
+    """``count``: None, or a whole number ≥ 1 (runs per agent)."""
+    return count is None or (not isinstance(count, bool) and isinstance(count, int) and count >= 1)
+
+
+def valid_nice(nice) -> bool:
+    """``nice``: None, or a whole number from 0 to 19 (the one rule for the API and the magic)."""
+    return nice is None or (not isinstance(nice, bool) and isinstance(nice, int) and 0 <= nice <= 19)
 
 
 def sessions() -> list[SweepSession]:
@@ -271,8 +168,7 @@ def get_session(ref: str | int | None = None) -> SweepSession:
 
 
 def _session_dir(session_id: str) -> str:
-    home = os.environ.get("SWEEP_MAGIC_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share", "sweep_magic")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = os.path.join(home, "sessions", f"{stamp}-{os.getpid()}-{session_id}")
+    path = os.path.join(home(), "sessions", f"{stamp}-{os.getpid()}-{session_id}")
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path

@@ -266,10 +266,15 @@ def _free(inv: list[GpuInfo]) -> list[GpuInfo]:
 
 
 def _choose(gpus, inv: list[GpuInfo]) -> list[GpuInfo]:
+    word = gpus.strip().lower() if isinstance(gpus, str) else None
+    if word is not None and word not in ("all", "free"):
+        try:  # a malformed list is the first thing to say, GPUs or not
+            gpus = [int(t) for t in word.split(",") if t.strip()]
+        except ValueError:
+            raise PlacementError(f"gpus must be 'all', 'free' or GPU indices like '0,1', not {gpus!r}") from None
     if not inv:
         raise PlacementError("no GPU is visible here (no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides them); use cpus=N")
-    if isinstance(gpus, str):
-        word = gpus.strip().lower()
+    if word in ("all", "free"):
         if word == "all":
             return inv
         if word == "free":
@@ -277,11 +282,7 @@ def _choose(gpus, inv: list[GpuInfo]) -> list[GpuInfo]:
             if not free:
                 raise PlacementError(f"none of the {len(inv)} GPUs is free; pass gpus='all' to use them anyway")
             return free
-        try:
-            gpus = [int(t) for t in word.split(",") if t.strip()]
-        except ValueError:
-            raise PlacementError(f"gpus must be 'all', 'free' or GPU indices like '0,1', not {gpus!r}") from None
-    elif isinstance(gpus, int) and not isinstance(gpus, bool):
+    if isinstance(gpus, int) and not isinstance(gpus, bool):
         gpus = [gpus]
     if not isinstance(gpus, Iterable) or not gpus:
         raise PlacementError(f"gpus must be 'all', 'free' or a list of GPU indices, not {gpus!r}")

@@ -5,6 +5,21 @@ no traceback); the Python API raises them as they are.
 """
 
 
+def first_line(err: BaseException, *, with_type: bool = False, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    lines = str(err).strip().splitlines()
+    if not lines:
+        return type(err).__name__
+    line = lines[0][:limit]
+    return f"{type(err).__name__}: {line}" if with_type else line
+
+
+def last_line(text: str | None, limit: int = 300) -> str:
+    """The last non-empty line of a traceback or log text ("" for none): what went wrong."""
+    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1][:limit] if lines else ""
+
+
 class SweepMagicError(Exception):
     """A mistake the user can fix; ``str(err)`` is the whole message."""
 
@@ -23,3 +38,7 @@ class SweepNotFound(SweepMagicError):
 
 class LoginRequired(SweepMagicError):
     """A W&B cloud sweep, and no W&B login in this environment."""
+
+
+class SweepFailed(SweepMagicError):
+    """No run of the sweep finished and at least one failed or crashed (``raise_for_failures``)."""

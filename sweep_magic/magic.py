@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from sweep_magic import _display, api
+from sweep_magic import api
+from sweep_magic.faces import kernel, show
 from sweep_magic.errors import SweepMagicError
 
 _EXAMPLES = """
@@ -40,35 +40,23 @@ Examples::
 """
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
+def _whole(rule, wanted: str):
+    """An argparse type: a whole number that ``rule`` (the API's own check) accepts."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if not rule(value):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
+        return value
+
+    return parse
 
 
-def _nice(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 19, got {text!r}") from None
-    if not 0 <= value <= 19:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 19 (19 = lowest priority), got {value}")
-    return value
-
-
-def _gpus(text: str):
-    """``0,1`` → [0, 1]; ``all`` / ``free`` pass through for ``devices.plan``."""
-    word = text.strip().lower()
-    if word in ("all", "free"):
-        return word
-    try:
-        return [int(part) for part in word.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected GPU indices like 0,1 or 'all' or 'free', got {text!r}") from None
+_count = _whole(api.valid_count, "a whole number ≥ 1")
+_nice = _whole(api.valid_nice, "a whole number from 0 to 19 (19 = lowest priority)")
 
 
 @magics_class
@@ -77,7 +65,7 @@ class SweepMagics(Magics):
     @argument("sweep_id", nargs="?", help="the sweep: a local_sweep id, or a W&B sweep id / ENTITY/PROJECT/ID")
     @argument("--function", "-f", metavar="NAME", help="the function to run (default: the one the cell defines)")
     @argument("--config", metavar="VAR_OR_YAML", help="make a local sweep from a dict variable or a YAML file")
-    @argument("--gpus", type=_gpus, metavar="LIST|all|free", help="GPUs for agents: 0,1 or all or free (idle ones)")
+    @argument("--gpus", metavar="LIST|all|free", help="GPUs for agents: 0,1 or all or free (idle ones)")
     @argument("--agents-per-gpu", type=_count, default=1, metavar="N", help="agents sharing each GPU (default 1)")
     @argument("--cpus", type=_count, metavar="N", help="run N agents on CPU cores")
     @argument("--count", type=_count, metavar="N", help="runs per agent (default: until the sweep is done)")
@@ -120,8 +108,8 @@ class SweepMagics(Magics):
             )
         except SweepMagicError as err:
             raise UsageError(str(err)) from None
-        wait = args.wait if args.wait is not None else _display.headless(self.shell)
-        view = _display.show(session, widget=False if args.no_widget else None)
+        wait = args.wait if args.wait is not None else kernel.headless(self.shell)
+        view = show.show(session, widget=False if args.no_widget else None)
         if wait:
             _wait(session, view)
 
@@ -164,7 +152,7 @@ class SweepMagics(Magics):
         if args.sweep_id:
             raise UsageError("give either a sweep id or --config, not both")
         config = _load_config(args.config, self.shell.user_ns)
-        from sweep_magic.server import local_sweep
+        from sweep_magic.server import local_sweep  # the server starts on first use only
 
         try:
             return local_sweep(config, project=args.project or "sweep_magic", entity=args.entity)
@@ -175,9 +163,9 @@ class SweepMagics(Magics):
 
     def _panel(self) -> None:
         try:
-            from sweep_magic.panel import show_panel, widgets_available
+            from sweep_magic.faces.panel import show_panel
 
-            usable = widgets_available(self.shell)
+            usable = kernel.widgets_available(self.shell)
         except Exception:  # ipywidgets missing, or the panel module broken: the text path still works
             usable = False
         if not usable:
@@ -185,7 +173,10 @@ class SweepMagics(Magics):
                 "the panel needs a notebook with ipywidgets; here give a sweep id: "
                 "%%sweep_parallel SWEEP_ID --cpus 2 (see %sweep_parallel?)"
             )
-        show_panel(self.shell)  # it displays itself; returning it would show it twice
+        from sweep_magic.server import local_sweep
+
+        # It displays itself (returning it would show it twice); Start calls the public API.
+        show_panel(self.shell, launch=api.launch, local_sweep=local_sweep)
 
     @magic_arguments()
     @argument("session", nargs="?", help="session id (s1), number or sweep id; default: every running session")
@@ -207,7 +198,7 @@ class SweepMagics(Magics):
     @line_magic
     def sweep_status(self, line: str = ""):
         """One line per session of this kernel, or the full text of one."""
-        from sweep_magic import text
+        from sweep_magic.faces import text
 
         args = parse_argstring(self.sweep_status, line)
         try:
@@ -225,34 +216,25 @@ SweepMagics.sweep_parallel.__doc__ += _EXAMPLES  # shown by %%sweep_parallel? af
 
 def _precheck(function, args) -> None:
     """What ``launch`` would refuse, checked before ``--config`` creates a sweep."""
-    from sweep_magic import _function, devices
+    from sweep_magic import devices, payload
 
     try:
-        _function.prepare(function)
+        payload.prepare(function)
         devices.plan(gpus=args.gpus, cpus=args.cpus, agents_per_gpu=args.agents_per_gpu)
     except SweepMagicError as err:
         raise UsageError(str(err)) from None
 
 
 def _load_config(ref: str, ns: dict) -> dict:
-    if ref in ns:
-        value = ns[ref]
-        if not isinstance(value, dict):
-            raise UsageError(f"--config {ref}: expected a dict, got {type(value).__name__}")
-        return value
-    path = os.path.expanduser(ref)
-    if not os.path.isfile(path):
-        raise UsageError(f"--config {ref}: no such variable in the notebook, nor YAML file")
-    import yaml
+    from sweep_magic.configs import config_from
 
     try:
-        with open(path) as fh:
-            value = yaml.safe_load(fh)
-    except (OSError, yaml.YAMLError) as err:
-        raise UsageError(f"--config {ref}: cannot read it ({str(err).splitlines()[0]})") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"--config {ref}: the YAML is not a mapping")
-    return value
+        config = config_from(ref, ns)
+    except SweepMagicError as err:
+        raise UsageError(f"--config {err}") from None
+    if config is None:
+        raise UsageError(f"--config {ref}: no such variable in the notebook, nor YAML file")
+    return config
 
 
 def _wait(session, view) -> None:

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from sweep_magic._proc import sidecars_of
+from sweep_magic._testing import sidecars_of
 
 
 def _descendants() -> set[int]:
@@ -79,16 +79,6 @@ def fresh_module_state(no_orphans, tmp_path_factory, monkeypatch):
     """
     monkeypatch.setenv("SWEEP_MAGIC_HOME", str(tmp_path_factory.mktemp("sweep-magic-home")))
     yield
-    import sys
+    from sweep_magic._testing import reset
 
-    api = sys.modules.get("sweep_magic.api")
-    if api is not None:
-        api.stop_all()
-        with api._sessions_lock:
-            api._sessions.clear()
-    server = sys.modules.get("sweep_magic.server")
-    if server is not None:
-        with server._shared_lock:
-            shared, server._shared = server._shared, None
-        if shared is not None:
-            shared.stop()
+    reset()

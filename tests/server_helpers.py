@@ -15,7 +15,7 @@ import textwrap
 import time
 
 
-from sweep_magic._proc import kill_group
+from sweep_magic._testing import kill_group
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.dirname(sys.executable)

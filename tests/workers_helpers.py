@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 from sweep_magic import devices
-from sweep_magic.supervisor import Supervisor
-from sweep_magic.worker import WorkerSpec
+from sweep_magic.agents.supervisor import Supervisor
+from sweep_magic.protocol.spec import WorkerSpec
 
 QUIET = {  # what the spec builder sets for embedded-server sweeps (cheap workers on a shared machine)
     "WANDB__DISABLE_STATS": "true",
@@ -114,7 +114,7 @@ def wait_for(predicate, timeout: float, what: str = "condition", supervisor=None
 def our_processes(before: set[int] = frozenset()) -> list[psutil.Process]:
     """Live descendants of this test process (except the pids in ``before``: other tests'
     long-lived fixtures) plus the wandb-core sidecars they own."""
-    from sweep_magic._proc import sidecars_of
+    from sweep_magic._testing import sidecars_of
 
     kids = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and _alive(p)]
     cores = [c for p in kids for c in sidecars_of(p.pid) if c.pid not in {k.pid for k in kids}]

@@ -26,9 +26,9 @@ _KEY_ALPHABET = string.ascii_letters + string.digits
 
 
 def default_db_path() -> str:
-    home = os.environ.get("SWEEP_MAGIC_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "share", "sweep_magic")
-    return os.path.join(home, "server.sqlite3")
+    from sweep_magic.paths import home
+
+    return os.path.join(home(), "server.sqlite3")
 
 
 def default_wandb_dirs() -> list[str]:
@@ -94,6 +94,10 @@ class LocalServer:
 
     def sweep_config(self, sweep_id: str) -> dict:
         return dict(self.controller.sweep(sweep_id)["config"])
+
+    def sweep_info(self, sweep_id: str) -> dict:
+        """The sweep's row: ``config``, ``state``, ``entity``, ``project``, ..."""
+        return dict(self.controller.sweep(sweep_id))
 
     def sweep_state(self, sweep_id: str) -> str:
         return self.controller.sweep(sweep_id)["state"]

@@ -30,7 +30,7 @@ SETUP = '''\
 %load_ext sweep_magic
 import sweep_magic
 from sweep_magic.devices import GpuInfo, GpuProcess
-from sweep_magic.panel import show_panel
+from sweep_magic.faces.panel import show_panel
 
 quick = {"method": "grid", "metric": {"name": "loss", "goal": "minimize"},
          "parameters": {"lr": {"values": [0.05, 0.2, 0.35, 0.5]}, "sleep": {"value": 0.05}}}
@@ -55,7 +55,8 @@ def _gpu(i, used, util, procs=()):
 demo_gpus = [_gpu(0, 600, 3), _gpu(1, 600, 0),
              _gpu(2, 62000, 97, [GpuProcess(pid=31337, user="alice", memory_mib=61400.0, name="python")]),
              _gpu(3, 600, 0)]
-gpu_panel = show_panel(inventory=lambda: demo_gpus, sweep_id="demo-sweep")  # displays itself
+gpu_panel = show_panel(inventory=lambda: demo_gpus, sweep_id="demo-sweep",
+                       launch=sweep_magic.launch, local_sweep=sweep_magic.local_sweep)  # displays itself
 '''
 
 CPU_PANEL = "%sweep_parallel"

@@ -50,7 +50,7 @@ def home(tmp_path, monkeypatch):
 def test_nbclient_notebook_runs_an_8_point_grid(home):
     code = nbformat.v4.new_code_cell
     nb = nbformat.v4.new_notebook(cells=[
-        code("%load_ext sweep_magic\nimport json\nimport sweep_magic\nfrom sweep_magic import _display"),
+        code("%load_ext sweep_magic\nimport json\nimport sweep_magic\nfrom sweep_magic.faces import kernel as _display"),
         code(GRID.format(a=[1, 2, 3, 4], b=[1, 10], var="sid", project="kernel-a")),
         code("%%sweep_parallel {sid} --cpus 2 --wait" + TRAIN.format(seconds=0.05)),
         code("print(json.dumps({'headless': _display.headless(),\n"
@@ -197,7 +197,7 @@ def test_ctrl_c_while_waiting_then_killed_kernel_takes_its_workers_along(kernel)
 
 
 def test_two_sessions_at_once_in_one_kernel(kernel):
-    kernel.run("%load_ext sweep_magic\nimport json, os, time\nimport sweep_magic\nfrom sweep_magic import _display")
+    kernel.run("%load_ext sweep_magic\nimport json, os, time\nimport sweep_magic\nfrom sweep_magic.faces import kernel as _display")
     kernel.run(GRID.format(a=[1, 2, 3], b=[1], var="sid1", project="kernel-c1"))
     kernel.run(GRID.format(a=[4, 5, 6], b=[2], var="sid2", project="kernel-c2"))
     kernel.run("%%sweep_parallel {sid1} --cpus 1" + TRAIN.format(seconds=0.5))

@@ -12,7 +12,10 @@ import time
 
 import pytest
 
-from sweep_magic import _display, _function, _target, api, text
+from sweep_magic import api, payload
+from sweep_magic import target as targets
+from sweep_magic.faces import kernel as _display
+from sweep_magic.faces import text
 from sweep_magic.errors import FunctionError, SweepMagicError, SweepNotFound
 from sweep_magic.snapshot import AgentSnapshot, RunSnapshot, SessionSnapshot
 
@@ -26,8 +29,8 @@ def test_prepare_accepts_defaults_and_closures():
 
     import cloudpickle
 
-    assert cloudpickle.loads(_function.prepare(train))() == pytest.approx(0.6)
-    assert _function.prepare(lambda: 1)
+    assert cloudpickle.loads(payload.prepare(train))() == pytest.approx(0.6)
+    assert payload.prepare(lambda: 1)
 
 
 @pytest.mark.parametrize(
@@ -40,7 +43,7 @@ def test_prepare_accepts_defaults_and_closures():
 )
 def test_prepare_rejects(fn, expected):
     with pytest.raises(FunctionError, match=expected.replace("(", r"\(").replace(")", r"\)")):
-        _function.prepare(fn)
+        payload.prepare(fn)
 
 
 def test_referenced_skips_modules_and_finds_nested_code():
@@ -51,23 +54,23 @@ def test_referenced_skips_modules_and_finds_nested_code():
     def train():
         return [os.getpid() for _ in table]  # `table` is used inside a comprehension
 
-    names = [name for name, _ in _function.referenced(train)]
+    names = [name for name, _ in payload.referenced(train)]
     assert names == ["table"]
 
 
 # --- sweep ids and metrics -------------------------------------------------------------------
 def test_sweep_id_forms():
-    assert _target.split("abc") == (None, None, "abc")
-    assert _target.split("p/abc") == (None, "p", "abc")
-    assert _target.split("e/p/abc") == ("e", "p", "abc")
+    assert targets.split("abc") == (None, None, "abc")
+    assert targets.split("p/abc") == (None, "p", "abc")
+    assert targets.split("e/p/abc") == ("e", "p", "abc")
     with pytest.raises(SweepNotFound):
-        _target.split("a/b/c/d")
+        targets.split("a/b/c/d")
 
 
 def test_metric_from_config():
-    assert _target.metric({"metric": {"name": "acc", "goal": "maximize"}}) == ("acc", "maximize")
-    assert _target.metric({"metric": {"name": "loss"}}) == ("loss", "minimize")
-    assert _target.metric({}) == (None, None)
+    assert targets.metric({"metric": {"name": "acc", "goal": "maximize"}}) == ("acc", "maximize")
+    assert targets.metric({"metric": {"name": "loss"}}) == ("loss", "minimize")
+    assert targets.metric({}) == (None, None)
 
 
 def test_count_is_checked_before_anything():

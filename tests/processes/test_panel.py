@@ -18,12 +18,14 @@ import types
 
 import pytest
 
+import sweep_magic
+
 pytest.importorskip("ipywidgets")
 
-from sweep_magic import panel as panel_mod  # noqa: E402
-from sweep_magic._panel_form import user_functions  # noqa: E402
+from sweep_magic.faces import panel as panel_mod  # noqa: E402
+from sweep_magic.faces.panel_form import user_functions  # noqa: E402
 from sweep_magic.errors import SweepMagicError  # noqa: E402
-from sweep_magic.panel import SessionPanel, panel_for, widgets_available  # noqa: E402
+from sweep_magic.faces.panel import SessionPanel, panel_for, widgets_available  # noqa: E402
 from sweep_magic.snapshot import RunSnapshot, SessionSnapshot  # noqa: E402
 from panel_fakes import FakeSession, real_shell, four_gpus  # noqa: E402
 
@@ -45,6 +47,8 @@ def make_panel():
         kwargs.setdefault("inventory", four_gpus)
         kwargs.setdefault("shell", real_shell())
         kwargs.setdefault("interval", 0.05)
+        kwargs.setdefault("launch", sweep_magic.launch)
+        kwargs.setdefault("local_sweep", sweep_magic.local_sweep)
         p = SessionPanel(session, **kwargs)
         panels.append(p)
         return p
@@ -225,8 +229,8 @@ def test_showing_a_session_twice_is_one_live_panel(make_panel):
 
 
 def test_widgets_unavailable_without_a_kernel():
-    assert widgets_available(shell=types.SimpleNamespace()) is False
-    assert widgets_available(shell=types.SimpleNamespace(kernel=object())) is True
+    assert widgets_available(types.SimpleNamespace()) is False
+    assert widgets_available(types.SimpleNamespace(kernel=object())) is True
 
 
 def test_rate_limit_under_a_flood(make_panel):
@@ -305,7 +309,7 @@ def test_start_and_stop_a_real_session(make_panel, tmp_path, monkeypatch):
 
 
 def test_chart_and_table_stay_small_for_long_sweeps():
-    from sweep_magic._panel_html import chart_svg, results_html
+    from sweep_magic.faces.panel_html import chart_svg, results_html
 
     runs = tuple(RunSnapshot(run_id=f"r{i}", agent=0, name=f"<run {i}>", config={"i": i}, state="finished",
                              summary={"loss": 1.0 / (i + 1)}) for i in range(1000))
@@ -331,4 +335,4 @@ def test_yaml_path_becomes_a_local_sweep(make_panel, tmp_path):
     p.form.sweep.value = str(tmp_path / "missing.yaml")
     p.session.stop()
     p.start_button.click()
-    wait_for(lambda: "No such YAML file" in p.error.value)
+    wait_for(lambda: "nor YAML file" in p.error.value)

@@ -10,7 +10,8 @@ import psutil
 import pytest
 from IPython.core.error import UsageError
 
-from sweep_magic import _proc, api, local_sweep
+from sweep_magic import api, local_sweep
+from sweep_magic._testing import sidecars_of
 from shells import magic_shell
 
 
@@ -51,7 +52,7 @@ def _agent_processes(session, timeout: float = 60) -> tuple[psutil.Process, psut
     while time.monotonic() < deadline:
         agents = session.agents()
         if agents and agents[0].current_run and agents[0].pid:
-            cores = _proc.sidecars_of(agents[0].pid)
+            cores = sidecars_of(agents[0].pid)
             if cores:
                 return psutil.Process(agents[0].pid), cores[0]
         time.sleep(0.1)
@@ -115,7 +116,7 @@ def ip():
         yield shell
 
 
-@pytest.mark.parametrize("value, expected", [("25", "must be from 0 to 19"), ("-3", "must be from 0 to 19"),
+@pytest.mark.parametrize("value, expected", [("25", "from 0 to 19 (19 = lowest priority), got 25"), ("-3", "got -3"),
                                              ("x", "expected a whole number from 0 to 19")])
 def test_magic_bad_nice_is_one_line_and_starts_nothing(ip, value, expected):
     before = {p.pid for p in psutil.Process().children(recursive=True)}

@@ -13,9 +13,13 @@ import cloudpickle
 import psutil
 import pytest
 
-from sweep_magic import _env, _proc, devices
-from sweep_magic.supervisor import Supervisor
-from sweep_magic.worker import WorkerSpec, read_spec
+from sweep_magic import devices
+from sweep_magic._testing import sidecars_of
+from sweep_magic.agents.local import describe_exit
+from sweep_magic.protocol import env as _env
+from sweep_magic.agents.supervisor import Supervisor
+from sweep_magic.protocol.spec import WorkerSpec
+from sweep_magic.worker.main import read_spec
 from workers_helpers import QUIET, grid_sweep, server, spec_builder, wait_for  # noqa: F401  (fixture)
 
 
@@ -54,17 +58,17 @@ def test_child_env_scrubs_the_kernels_wandb_state():
 
 
 def test_exit_reasons():
-    assert _proc.describe_exit(-signal.SIGABRT) == "killed by SIGABRT"
-    assert _proc.describe_exit(-9) == "killed by SIGKILL"
-    assert _proc.describe_exit(137) == "exit code 137 (SIGKILL, often the out-of-memory killer)"
-    assert _proc.describe_exit(1) == "exit code 1"
-    assert _proc.describe_exit(0) == "exited"
+    assert describe_exit(-signal.SIGABRT) == "killed by SIGABRT"
+    assert describe_exit(-9) == "killed by SIGKILL"
+    assert describe_exit(137) == "exit code 137 (SIGKILL, often the out-of-memory killer)"
+    assert describe_exit(1) == "exit code 1"
+    assert describe_exit(0) == "exited"
 
 
 def test_missing_private_hook_fails_loudly(monkeypatch):
     from wandb.sdk import wandb_run
 
-    from sweep_magic import _hooks
+    from sweep_magic.worker import hooks as _hooks
 
     # What a future wandb without this private method looks like to the worker.
     monkeypatch.delattr(wandb_run.Run, "_finish")
@@ -115,8 +119,8 @@ KERNEL = textwrap.dedent(
     # scrub must still give every worker a wandb-core of its own.
     import os, sys, time, subprocess
     from sweep_magic import devices
-    from sweep_magic.supervisor import Supervisor
-    from sweep_magic.worker import WorkerSpec
+    from sweep_magic.agents.supervisor import Supervisor
+    from sweep_magic.protocol.spec import WorkerSpec
     import cloudpickle
 
     def train():  # defined in __main__, like a notebook cell: travels by value
@@ -164,7 +168,7 @@ def test_workers_die_with_their_kernel(server, tmp_path):
 def _tree(pid: int) -> list[psutil.Process]:
     kids = psutil.Process(pid).children(recursive=True)
     pids = {k.pid for k in kids}
-    return kids + [c for k in kids for c in _proc.sidecars_of(k.pid) if c.pid not in pids]
+    return kids + [c for k in kids for c in sidecars_of(k.pid) if c.pid not in pids]
 
 
 def _name(proc: psutil.Process) -> str:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import collections
 import os
-import subprocess
 import threading
 
+from sweep_magic.agents.backend import AgentProcess
 from sweep_magic.devices import AgentSlot
 from sweep_magic.snapshot import AgentSnapshot
 
@@ -24,8 +24,7 @@ class AgentRecord:
         self.slot = slot
         self.index = slot.index
         self.state = "starting"
-        self.proc: subprocess.Popen | None = None
-        self.lifeline: int | None = None  # our write end; closing it is the worker's EOF
+        self.proc: AgentProcess | None = None  # from the backend
         self.waiter: threading.Thread | None = None
         self.current_run: str | None = None
         self.runs_done = 0

@@ -12,7 +12,9 @@ import html
 import math
 import time
 
-from sweep_magic._format import fmt_value as _fmt_value
+from sweep_magic.errors import last_line
+from sweep_magic.faces.fmt import fmt_seconds
+from sweep_magic.faces.fmt import fmt_value as _fmt_value
 from sweep_magic.snapshot import AgentSnapshot, RunSnapshot, SessionSnapshot
 
 # Colours by state: green for work going on, grey for idle/ended well, red for trouble.
@@ -53,19 +55,6 @@ def fmt_dict(values: dict, limit: int = 4) -> str:
     return ", ".join(items) + (f", +{more}" if more > 0 else "")
 
 
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 def state_badge(state: str) -> str:
     colour = STATE_COLOURS.get(state, "#24292e")
     return f'<span style="color:{colour};font-weight:600">{esc(state)}</span>'
@@ -82,7 +71,7 @@ def header_html(snap: SessionSnapshot | None, note: str = "") -> str:
         counts[run.state] = counts.get(run.state, 0) + 1
     runs = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no runs yet"
     end = snap.ended_at if snap.ended_at is not None else time.time()
-    elapsed = fmt_seconds(end - snap.started_at) if snap.started_at else ""
+    elapsed = fmt_seconds(end - snap.started_at, empty="") if snap.started_at else ""
     best = snap.best_run()
     best_text = ""
     if best is not None:
@@ -157,11 +146,11 @@ def results_html(snap: SessionSnapshot | None, limit: int = 30) -> str:
         bad = run.state in BAD_RUN_STATES
         style = "color:#cb2431" if bad else ("font-weight:600;background:#e6ffed" if is_best else "")
         value = run.metric(name)
-        error = f" — {esc(run.error.strip().splitlines()[-1])}" if bad and run.error and run.error.strip() else ""
+        error = f" — {esc(last_line(run.error))}" if bad and last_line(run.error) else ""
         rows.append(
             f'<tr style="{style}"><td>{"★" if is_best else rank}</td><td>{esc(run.name)}</td>'
             f"<td>{state_badge(run.state)}{error}</td><td>{esc(fmt_value(value)) if value is not None else ''}</td>"
-            f"<td>{esc(fmt_dict(run.config, 6))}</td><td>{esc(fmt_seconds(run.duration))}</td><td>#{run.agent}</td></tr>"
+            f"<td>{esc(fmt_dict(run.config, 6))}</td><td>{esc(fmt_seconds(run.duration, empty=''))}</td><td>#{run.agent}</td></tr>"
         )
     more = len(ranked) - limit
     goal = f" ({esc(snap.metric_goal)})" if snap.metric_goal else ""

@@ -17,7 +17,8 @@ import threading
 import time
 from typing import Callable
 
-from sweep_magic._format import fmt_value
+from sweep_magic.errors import last_line
+from sweep_magic.faces.fmt import fmt_seconds, fmt_value
 from sweep_magic.snapshot import AgentSnapshot, RunSnapshot, SessionSnapshot
 
 MAX_LOG_LINES = 200  # what a live display keeps; older lines collapse into "… N earlier lines"
@@ -30,15 +31,6 @@ def fmt_config(config: dict, limit: int = 8) -> str:
     if len(items) > limit:
         items = items[:limit] + [f"(+{len(items) - limit})"]
     return " ".join(items)
-
-
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def agent_label(agent: AgentSnapshot | None, index: int | None = None) -> str:
@@ -62,7 +54,7 @@ def run_ended_line(snap: SessionSnapshot, run: RunSnapshot) -> str:
         head += f" in {fmt_seconds(run.duration)}"
     line = f"{head}{_metric_part(snap, run)}  {fmt_config(run.config)}".rstrip()
     if run.error and run.state != "finished":
-        line += f"  ({_last_line(run.error)})"
+        line += f"  ({last_line(run.error)})"
     return line
 
 
@@ -253,8 +245,3 @@ def _agent(snap: SessionSnapshot, index: int) -> AgentSnapshot | None:
         if agent.index == index:
             return agent
     return None
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""

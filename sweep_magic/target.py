@@ -14,12 +14,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from sweep_magic._env import STALE
-from sweep_magic.errors import LoginRequired, SweepNotFound
+from sweep_magic.protocol.env import STALE
+from sweep_magic.errors import LoginRequired, SweepNotFound, first_line
 
-# The kernel's own wandb state must not leak into workers (WANDB_PROTOCOL.md §6):
-# WANDB_SERVICE would make every worker share — and die with — the kernel's wandb-core.
-STALE_ENV = STALE
 LOCAL_HEARTBEAT_SECONDS = 1.0  # the embedded server is in-process: heartbeats are free
 CLOUD_HEARTBEAT_SECONDS = 5.0  # wandb's own default; don't hammer a shared W&B server
 DEFAULT_CLOUD_URL = "https://api.wandb.ai"
@@ -33,12 +30,24 @@ class Target:
     project: str | None
     entity: str | None
     env: dict = field(default_factory=dict)
-    remove_env: tuple = STALE_ENV
+    remove_env: tuple = STALE
     report_url: str | None = None
     heartbeat_seconds: float = CLOUD_HEARTBEAT_SECONDS
     metric_name: str | None = None
     metric_goal: str | None = None
     local: bool = False
+
+    def worker_env(self, wandb_dir: str) -> tuple[dict, list]:
+        """The environment every agent of this target gets (before its slot's own variables),
+        and the names removed from the kernel's: the one place that decides both."""
+        env = dict(self.env, WANDB_DIR=wandb_dir)
+        if self.project:
+            env["WANDB_PROJECT"] = self.project
+        if self.entity:
+            env["WANDB_ENTITY"] = self.entity
+        # Entity/project the target does not set must not be inherited from the kernel either.
+        remove = [*self.remove_env, *(k for k in ("WANDB_PROJECT", "WANDB_ENTITY") if k not in env)]
+        return env, remove
 
 
 def split(sweep_id: str) -> tuple[str | None, str | None, str]:
@@ -65,22 +74,17 @@ def _local_target(sweep_id: str, bare: str, project, entity) -> Target | None:
     server = local_server()
     if not (server.has_sweep(bare) or (bare != sweep_id and server.has_sweep(sweep_id))):
         return None
-    config = server.sweep_config(bare) or {}
-    name, goal = metric(config)
-    # The sweep's own entity/project (not in the contract's sweep_config) keep offline
-    # runs filed where `wandb sync` would put the sweep; the caller's words win.
-    try:
-        row = server.controller.sweep(bare)
-        project, entity = project or row.get("project"), entity or row.get("entity")
-    except Exception:
-        pass
+    info = server.sweep_info(bare)
+    name, goal = metric(info.get("config") or {})
+    # The sweep's own entity/project keep offline runs filed where `wandb sync` would put
+    # the sweep; the caller's words win.
+    project, entity = project or info.get("project"), entity or info.get("entity")
     return Target(
         sweep_id=bare,
         project=project,
         entity=entity,
-        # No stats sampling and no telemetry: the server is on this machine and the runs offline.
-        env={**server.env(), "WANDB_ERROR_REPORTING": "false", "WANDB__DISABLE_STATS": "true"},
-        remove_env=STALE_ENV + ("WANDB_IDENTITY_TOKEN_FILE",),
+        env=server.env(),  # + protocol.env.LOCAL_DEFAULTS, added for every report_url target
+        remove_env=STALE + ("WANDB_IDENTITY_TOKEN_FILE",),
         report_url=server.url,
         heartbeat_seconds=LOCAL_HEARTBEAT_SECONDS,
         metric_name=name,
@@ -118,9 +122,9 @@ def _cloud_target(sweep_id: str, bare: str, project, entity) -> Target:
         config = dict(sweep.config or {})
         entity, project = sweep.entity or entity, sweep.project or project
     except wandb.errors.AuthenticationError as err:
-        raise LoginRequired(f"W&B at {base_url} refused the login: {_first_line(err)}") from None
+        raise LoginRequired(f"W&B at {base_url} refused the login: {first_line(err)}") from None
     except Exception as err:  # CommError, ValueError, GraphQL errors: all mean "not there for you"
-        raise SweepNotFound(f"sweep {path!r} not found on {base_url} ({_first_line(err)})") from None
+        raise SweepNotFound(f"sweep {path!r} not found on {base_url} ({first_line(err)})") from None
     name, goal = metric(config)
     env = {"WANDB_BASE_URL": base_url}
     if key:
@@ -130,7 +134,7 @@ def _cloud_target(sweep_id: str, bare: str, project, entity) -> Target:
         project=project,
         entity=entity,
         env=env,
-        remove_env=STALE_ENV + (("WANDB_IDENTITY_TOKEN_FILE",) if key else ()),
+        remove_env=STALE + (("WANDB_IDENTITY_TOKEN_FILE",) if key else ()),
         report_url=None,
         heartbeat_seconds=CLOUD_HEARTBEAT_SECONDS,
         metric_name=name,
@@ -172,8 +176,3 @@ def _login() -> tuple[str, str | None, str | None]:
     if not key and settings is not None:
         key = getattr(settings, "api_key", None) or None
     return base_url, key, None
-
-
-def _first_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:200] if lines else type(err).__name__

@@ -11,8 +11,8 @@ threads, CUDA state and IPython).  In order, it
 3. applies the slot: environment (thread caps, CUDA_VISIBLE_DEVICES, the kernel's
    wandb state scrubbed) and CPU affinity, *before* the function is unpickled, so
    libraries it imports size their thread pools to the slot; with ``spec.nice``, its
-   priority and its session's, and (``_priority``) those of each wandb-core it starts;
-4. hooks wandb (``_hooks``) and runs the real ``wandb.agent``;
+   priority and its session's, and (``worker.priority``) those of each wandb-core it starts;
+4. hooks wandb (``worker.hooks``) and runs the real ``wandb.agent``;
 5. sends ``AgentExiting`` and exits.
 
 Events go to the events fd only; the user's stdout/stderr are the log file the
@@ -33,27 +33,11 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 
-from sweep_magic.events import AgentExiting, AgentStarted
+from sweep_magic.protocol.events import AgentExiting, AgentStarted
+from sweep_magic.protocol.spec import WorkerSpec
 
 EXIT_AGENT_ERROR = 3
-
-
-@dataclass
-class WorkerSpec:
-    function_pickle: bytes
-    sweep_id: str
-    count: int | None = None
-    project: str | None = None
-    entity: str | None = None
-    env: dict = field(default_factory=dict)  # final overrides: WANDB_* and slot vars
-    remove_env: list = field(default_factory=list)
-    cpus: list[int] | None = None
-    metric_name: str | None = None
-    report_url: str | None = None  # the embedded server's URL when the side channel exists
-    heartbeat_seconds: float = 5.0
-    nice: int | None = None  # opt-in: lower this agent and its wandb-core (process and session)
 
 
 def _kill_group(*_args) -> None:
@@ -111,7 +95,7 @@ def read_spec(path: str) -> WorkerSpec:
 
 
 def _apply_slot(spec: WorkerSpec) -> None:
-    from sweep_magic import _env
+    from sweep_magic.protocol import env as _env
 
     _env.scrub_own_env(spec)
     extra = [p for p in os.environ.get(_env.SYS_PATH_VAR, "").split(os.pathsep) if p and p not in sys.path]
@@ -124,13 +108,13 @@ def _apply_slot(spec: WorkerSpec) -> None:
 
 
 def _apply_priority(spec: WorkerSpec) -> None:
-    from sweep_magic import _priority
+    from sweep_magic.worker import priority as _priority
 
     _priority.apply_self(getattr(spec, "nice", None))  # specs from before the field have none
 
 
 def _watch_priority(spec: WorkerSpec) -> None:
-    from sweep_magic import _priority
+    from sweep_magic.worker import priority as _priority
 
     _priority.watch_sidecars(getattr(spec, "nice", None))  # each wandb-core is a session of its own
 
@@ -181,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     _apply_slot(spec)
     _apply_priority(spec)
 
-    from sweep_magic import _hooks
+    from sweep_magic.worker import hooks as _hooks
 
     reporter = _hooks.Reporter(args.events_fd, spec)
 
@@ -234,11 +218,3 @@ def main(argv: list[str] | None = None) -> int:
     exiting(reason)
     return 0
 
-
-if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip interpreter teardown: a hung run thread (the function ignored pyagent's stop)
-    # would otherwise keep a finished agent alive forever.
-    os._exit(code)

@@ -32,15 +32,15 @@ import atexit
 import os
 import queue
 import signal
-import subprocess
 import threading
 import time
 from typing import Callable
 
-from sweep_magic import _proc
-from sweep_magic._agent import AgentRecord
+from sweep_magic.agents.backend import AgentProcess, Backend
+from sweep_magic.agents.local import LocalBackend, describe_exit, wait_until
+from sweep_magic.agents.record import AgentRecord
 from sweep_magic.devices import AgentSlot
-from sweep_magic.events import (
+from sweep_magic.protocol.events import (
     AgentExiting,
     AgentRegistered,
     AgentStarted,
@@ -67,8 +67,10 @@ class Supervisor:
         metric_goal: str | None = None,
         max_restarts: int = 3,
         on_change: Callable[[], None] | None = None,
+        backend: Backend | None = None,
     ):
         self._spec_for_slot = spec_for_slot
+        self._backend = backend or LocalBackend(log_dir)
         self._session_id = session_id
         self._sweep_id = sweep_id
         self._log_dir = log_dir
@@ -158,10 +160,10 @@ class Supervisor:
             if not alive:
                 break
             for agent in alive:
-                _proc.signal_group(agent.proc.pid, sig)
-            _proc.wait_until(lambda: not self._alive(), budget * share)
+                agent.proc.signal(sig)
+            wait_until(lambda: not self._alive(), budget * share)
         for agent in self._alive():
-            _proc.signal_group(agent.proc.pid, signal.SIGKILL)
+            agent.proc.signal(signal.SIGKILL)
         self.wait(budget * 0.3 + 5)
         self._fire()
 
@@ -182,7 +184,7 @@ class Supervisor:
             # Before AgentStarted the worker may not have its SIGUSR1 handler yet, and the
             # default action kills; the drain is then sent when AgentStarted arrives.
             if agent.ready and agent.alive:
-                _signal_pid(agent.proc.pid, signal.SIGUSR1)
+                agent.proc.drain()
 
     def kill_agent(self, i: int) -> None:
         """SIGKILL agent ``i``'s process group; its run in progress becomes ``killed``."""
@@ -194,7 +196,7 @@ class Supervisor:
                 self._changed()
             if agent.alive:
                 agent.intent = "kill"
-                _proc.signal_group(agent.proc.pid, signal.SIGKILL)
+                agent.proc.signal(signal.SIGKILL)
         self._notify()
         self._fire()
 
@@ -206,15 +208,15 @@ class Supervisor:
                 return
             if agent.alive:
                 agent.intent = "restart"
-                pid = agent.proc.pid
+                proc = agent.proc
             else:
-                pid = None
+                proc = None
                 agent.crashes = 0
                 agent.restarts += 1
                 agent.state, agent.due = "restarting", 0.0
                 self._changed()
-        if pid is not None:
-            _proc.signal_group(pid, signal.SIGKILL)
+        if proc is not None:
+            proc.signal(signal.SIGKILL)
         self._ensure_control()
         self._notify()
         self._fire()
@@ -262,17 +264,17 @@ class Supervisor:
                 try:
                     spec = self._spec_for_slot(agent.slot)
                     header = f"[sweep_magic] agent {agent.index} ({agent.slot.label}) starting"
-                    proc, lifeline = _proc.spawn_worker(spec, agent.log_path, self._log_dir, header)
+                    proc = self._backend.start(spec, log_path=agent.log_path, header=header)
                 except Exception as err:
                     self._end(agent, "failed", f"could not start: {type(err).__name__}: {err}")
                     self._changed()
                 else:
-                    agent.proc, agent.lifeline, agent.spec = proc, lifeline, spec
+                    agent.proc, agent.spec = proc, spec
                     agent.state, agent.intent, agent.current_run = "starting", None, None
                     agent.exit_code = agent.exit_error = agent.exit_reason = None
                     agent.ready = False
                     reader = threading.Thread(
-                        target=self._read_events, args=(agent, proc, proc._events_fd), daemon=True
+                        target=self._read_events, args=(agent, proc), daemon=True
                     )
                     reader.start()
                     agent.waiter = threading.Thread(target=self._wait_proc, args=(agent, proc, reader), daemon=True)
@@ -281,29 +283,26 @@ class Supervisor:
         self._fire()
 
     # ------------------------------------------------------------------ per-process threads
-    def _read_events(self, agent: AgentRecord, proc: subprocess.Popen, fd: int) -> None:
-        with os.fdopen(fd, "rb") as stream:
-            for line in stream:
-                event = parse_line(line)
-                if event is not None:
-                    self._on_event(agent, proc, event)
+    def _read_events(self, agent: AgentRecord, proc: AgentProcess) -> None:
+        for line in proc.events():
+            event = parse_line(line)
+            if event is not None:
+                self._on_event(agent, proc, event)
 
-    def _wait_proc(self, agent: AgentRecord, proc: subprocess.Popen, reader: threading.Thread) -> None:
+    def _wait_proc(self, agent: AgentRecord, proc: AgentProcess, reader: threading.Thread) -> None:
         code = proc.wait()
         try:
             # The user's own children (data loaders, ...) die with the agent; they also hold
             # copies of the events pipe if they were forked, which would keep the reader waiting.
-            _proc.signal_group(proc.pid, signal.SIGKILL)
+            proc.signal(signal.SIGKILL)
             reader.join(timeout=5)
-            _proc.unlink(proc._spec_path)
             with self._lock:
                 lost = self._on_exit(agent, proc, code)
-                spec = agent.spec
                 self._changed()
             self._fire()
-            if lost and getattr(spec, "report_url", None):
-                _proc.report_lost_run(spec, *lost)
-            _proc.reap_sidecars(proc.pid)
+            if lost:
+                proc.report_lost_run(*lost)
+            proc.cleanup()
         finally:
             with self._lock:
                 # ``wait()`` and ``stop()`` return only once the sidecars are gone too.
@@ -369,11 +368,8 @@ class Supervisor:
             return None
         lost = None
         agent.exit_code = code
-        if agent.lifeline is not None:
-            os.close(agent.lifeline)
-            agent.lifeline = None
         agent.read_tail()
-        why = _proc.describe_exit(code)
+        why = describe_exit(code)
         intent = agent.intent
         if agent.current_run and agent.current_run in self._runs:
             run = self._runs[agent.current_run]
@@ -469,9 +465,3 @@ class Supervisor:
         if not self.snapshot().done:
             self.stop(timeout=5.0)
 
-
-def _signal_pid(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

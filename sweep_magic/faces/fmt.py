@@ -17,3 +17,13 @@ def fmt_value(value, width: int = 24) -> str:
         value = "[" + ",".join(fmt_value(v, width) for v in value) + "]"
     text = str(value)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def fmt_seconds(seconds: float | None, empty: str = "-") -> str:
+    """A duration, short: ``4.2s``, ``3m07s``, ``2h05m``; ``empty`` when unknown."""
+    if seconds is None:
+        return empty
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"

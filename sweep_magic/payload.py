@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import types
 
-from sweep_magic.errors import FunctionError
+from sweep_magic.errors import FunctionError, first_line
 
 # A pickle this big almost always means a captured dataset or model: each worker
 # would load a copy, and the spec file sits on disk until the worker reads it.
@@ -104,9 +104,9 @@ def _why_unpicklable(function, err: Exception, _via: tuple[str, ...] = ()) -> st
             who = " → ".join(_via + (_name(function),))
             return (
                 f"{who} uses `{name}` (a {type(value).__name__}), which cannot be pickled to send "
-                f"to a worker ({_first_line(inner)}); create it inside the function instead"
+                f"to a worker ({first_line(inner, with_type=True)}); create it inside the function instead"
             )
-    return f"{_name(function)} cannot be pickled to send to a worker: {_first_line(err)}"
+    return f"{_name(function)} cannot be pickled to send to a worker: {first_line(err, with_type=True)}"
 
 
 def _why_big(function, size: int) -> str:
@@ -128,8 +128,3 @@ def _why_big(function, size: int) -> str:
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__

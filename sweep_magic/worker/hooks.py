@@ -16,18 +16,15 @@ most ``FLUSH_HZ`` events per second per run and posts metric history in batches.
 
 from __future__ import annotations
 
-import base64
 import functools
-import json
 import os
 import sys
 import threading
 import time
 import traceback
-import urllib.error
-import urllib.request
 
-from sweep_magic.events import (
+from sweep_magic.protocol import sidechannel
+from sweep_magic.protocol.events import (
     AgentRegistered,
     Event,
     Metrics,
@@ -58,19 +55,6 @@ def _scalar(value):
         except (TypeError, ValueError):
             return None
     return None  # images, tables, histograms: not something a view can show as a number
-
-
-def post(url: str, api_key: str, path: str, body: dict, timeout: float = 5.0) -> None:
-    """POST ``body`` to the embedded server's side channel (``/sweep_magic/v1/<path>``)."""
-    auth = "Basic " + base64.b64encode(f"api:{api_key}".encode()).decode()
-    req = urllib.request.Request(
-        url.rstrip("/") + "/sweep_magic/v1/" + path,
-        data=json.dumps(jsonable(body)).encode(),
-        headers={"Content-Type": "application/json", "Authorization": auth},
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        resp.read()
 
 
 class _RunState:
@@ -126,8 +110,8 @@ class Reporter:
         if not self._spec.report_url:
             return
         try:
-            post(self._spec.report_url, self._key, path, body)
-        except (urllib.error.URLError, OSError, ValueError) as err:
+            sidechannel.post(self._spec.report_url, self._key, path, body)
+        except (OSError, ValueError) as err:  # URLError is an OSError
             kind = path.rsplit("/", 1)[-1]
             if kind not in self._warned:  # once per kind: the log is for the user's output
                 self._warned.add(kind)

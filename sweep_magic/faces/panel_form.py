@@ -8,12 +8,11 @@ records ``devices.gpu_inventory()`` returns (it never calls NVML).
 from __future__ import annotations
 
 import inspect
-import os
 import types
 
 import ipywidgets as W
 
-from sweep_magic._panel_html import gpu_html
+from sweep_magic.faces.panel_html import gpu_html
 from sweep_magic.devices import available_cores
 from sweep_magic.errors import SweepMagicError
 
@@ -166,20 +165,9 @@ class PanelForm:
         text = self.sweep.value.strip()
         if not text:
             raise SweepMagicError("Give a sweep id, or the name of a config dict, or a YAML path.")
-        ns = getattr(self.shell, "user_ns", None) or {}
-        config = None
-        if text.isidentifier() and isinstance(ns.get(text), dict):
-            config = ns[text]
-        elif text.endswith((".yaml", ".yml")):
-            path = os.path.expanduser(text)
-            if not os.path.isfile(path):
-                raise SweepMagicError(f"No such YAML file: {text}")
-            import yaml
+        from sweep_magic.configs import config_from
 
-            with open(path) as f:
-                config = yaml.safe_load(f)
-            if not isinstance(config, dict):
-                raise SweepMagicError(f"{text} does not hold a sweep config (a mapping).")
+        config = config_from(text, getattr(self.shell, "user_ns", None) or {})
         if config is None:
             return text
         kwargs = {"project": self.project.value.strip()} if self.project.value.strip() else {}

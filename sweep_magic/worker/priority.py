@@ -23,10 +23,6 @@ BACKSTOP_SECONDS = 2.0  # when the launcher wrapper is in place (a scan of /proc
 _warned = False
 
 
-def valid(nice) -> bool:
-    return nice is None or (not isinstance(nice, bool) and isinstance(nice, int) and 0 <= nice <= 19)
-
-
 def _note(message: str) -> None:
     global _warned
     if _warned:
@@ -73,22 +69,10 @@ def apply_self(nice: int | None) -> None:
     set_autogroup("self", nice)
 
 
-def _sidecars(me: int) -> list:
-    import psutil
+def _sidecars(me: int) -> list[int]:
+    from sweep_magic import _wandb
 
-    found = []
-    try:
-        children = psutil.Process(me).children()
-    except psutil.Error:
-        return found
-    for proc in children:
-        try:
-            cmd = proc.cmdline()
-        except psutil.Error:
-            continue
-        if cmd and "wandb-core" in os.path.basename(cmd[0]):
-            found.append(proc.pid)
-    return found
+    return [proc.pid for proc in _wandb.core_processes_of(me)]
 
 
 def apply_sidecar(pid: int, nice: int) -> None:
@@ -101,27 +85,11 @@ def apply_sidecar(pid: int, nice: int) -> None:
 
 
 def _hook_launch(nice: int) -> bool:
-    """Wrap wandb's service launcher so each wandb-core is lowered the moment it is started.
-    False when wandb's layout is not the one we know (the poller then does it alone)."""
-    try:
-        from wandb.sdk.lib.service import service_process
-    except Exception:
-        return False
-    original = getattr(service_process, "_launch_server", None)
-    if original is None or getattr(original, "_sweep_magic_nice", None) is not None:
-        return original is not None
+    """Lower each wandb-core the moment wandb launches it; False when that hook is not
+    available for this wandb (the poller then does it alone)."""
+    from sweep_magic import _wandb
 
-    def launch_server(*args, **kwargs):
-        service = original(*args, **kwargs)
-        try:
-            apply_sidecar(service._process.pid, nice)
-        except Exception:
-            pass  # the poller finds it
-        return service
-
-    launch_server._sweep_magic_nice = nice
-    service_process._launch_server = launch_server
-    return True
+    return _wandb.on_core_started(lambda pid: apply_sidecar(pid, nice))
 
 
 def watch_sidecars(nice: int | None, poll: float = POLL_SECONDS) -> threading.Thread | None:

@@ -22,7 +22,7 @@ import threading
 import time
 import traceback
 
-from sweep_magic._panel_html import (
+from sweep_magic.faces.panel_html import (
     agent_row_html,
     agents_header_html,
     chart_svg,
@@ -32,30 +32,13 @@ from sweep_magic._panel_html import (
     results_html,
 )
 from sweep_magic.errors import SweepMagicError
+from sweep_magic.faces.kernel import shell as _current_shell
+from sweep_magic.faces.kernel import widgets_available
 
 __all__ = ["SessionPanel", "show_panel", "panel_for", "widgets_available"]
 
 _PANELS: dict = {}  # session id -> SessionPanel: showing a session twice shows one live widget
 _PANELS_LOCK = threading.RLock()  # panel_for builds under it and __init__ registers
-
-
-def widgets_available(shell=None) -> bool:
-    """True when a widget could reach a frontend: ipywidgets importable and a kernel with comms.
-
-    Terminal IPython and plain Python have no comm channel, so they get the text face.
-    (Whether the frontend has the widget manager cannot be known from the kernel.)
-    """
-    try:
-        import ipywidgets  # noqa: F401
-    except ImportError:
-        return False
-    if shell is None:
-        try:
-            from IPython import get_ipython
-        except ImportError:
-            return False
-        shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def panel_for(session, **kwargs) -> "SessionPanel":
@@ -67,17 +50,18 @@ def panel_for(session, **kwargs) -> "SessionPanel":
         return panel
 
 
-def show_panel(shell=None, **defaults) -> "SessionPanel":
+def show_panel(shell=None, *, launch, local_sweep, **defaults) -> "SessionPanel":
     """``%sweep_parallel`` with nothing said: display a panel whose form asks for the rest.
 
     ``defaults`` pre-fill the form: ``sweep_id``, ``function`` (a name or the callable),
     ``gpus`` (indices to tick), ``agents_per_gpu``, ``cpus`` (agents), ``count``,
-    ``project``; ``inventory=``/``launch=`` are the test seams of ``SessionPanel``.
+    ``project``.  ``launch`` and ``local_sweep`` are what Start calls (``sweep_magic.launch``
+    and ``sweep_magic.local_sweep``): given, so that this face never imports the core.
     Displays the panel and returns it: keep the handle, do not display it again.
     """
     from IPython.display import display
 
-    panel = SessionPanel(None, shell=shell, form=True, **defaults)
+    panel = SessionPanel(None, shell=shell, form=True, launch=launch, local_sweep=local_sweep, **defaults)
     display(panel)
     return panel
 
@@ -107,7 +91,7 @@ class SessionPanel:
                 "the panel needs ipywidgets (pip install 'ipywidgets>=8'); the text face works without: print(session)"
             ) from None
 
-        from sweep_magic._panel_refresh import PanelStats, Refresher, count_messages
+        from sweep_magic.faces.panel_refresh import PanelStats, Refresher, count_messages
 
         self._W = W
         self.stats = PanelStats()
@@ -151,7 +135,7 @@ class SessionPanel:
 
         self.form = None
         if form or (form is None and session is None):
-            from sweep_magic._panel_form import PanelForm
+            from sweep_magic.faces.panel_form import PanelForm
 
             self.form = PanelForm(self._read_inventory(), shell=self.shell, defaults=defaults)
             for w in [*self.form.input_widgets(), *self.form.gpu_labels]:
@@ -198,7 +182,7 @@ class SessionPanel:
         if self.session is None:
             return "sweep_magic panel (needs a notebook with widgets)"
         try:
-            from sweep_magic import text
+            from sweep_magic.faces import text
 
             return text.render(_snapshot(self.session))
         except Exception:  # noqa: BLE001 — a fallback must not fail the display
@@ -295,9 +279,9 @@ class SessionPanel:
         self._note = "starting…"
         self._wake()
         try:
-            kwargs = self.form.launch_kwargs(self._local_sweep or _default_local_sweep)
-            launch = self._launch or _default_launch
-            session = launch(**kwargs)
+            if self._launch is None or self._local_sweep is None:
+                raise SweepMagicError("this panel was built without launch/local_sweep: use %sweep_parallel")
+            session = self._launch(**self.form.launch_kwargs(self._local_sweep))
         finally:
             self._busy = False
             self._note = ""
@@ -459,24 +443,3 @@ def _close_tree(widget) -> None:
     for child in getattr(widget, "children", ()) or ():
         _close_tree(child)
     widget.close()
-
-
-def _current_shell():
-    try:
-        from IPython import get_ipython
-
-        return get_ipython()
-    except ImportError:
-        return None
-
-
-def _default_launch(**kwargs):
-    from sweep_magic.api import launch
-
-    return launch(**kwargs)
-
-
-def _default_local_sweep(config, **kwargs):
-    from sweep_magic import local_sweep
-
-    return local_sweep(config, **kwargs)

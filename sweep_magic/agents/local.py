@@ -1,0 +1,194 @@
+"""The local backend: each agent is ``python -m sweep_magic.worker`` on this machine.
+
+    kernel (supervisor)                       worker process group (start_new_session)
+    spec → 0600 file ───────────────────────► --spec PATH (read and deleted at once)
+    events pipe read end ◄─────────────────── --events-fd N (JSON lines)
+    lifeline write end (only we hold it) ───► --lifeline-fd M (EOF = the kernel is gone)
+    log file ◄─────────────────────────────── stdout/stderr
+
+It also owns how a process's end is named (``describe_exit``) and how its leftovers
+(the group, the wandb-core sidecars) are reaped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from sweep_magic import _wandb
+from sweep_magic.protocol import env as child_env
+from sweep_magic.protocol import sidechannel
+
+_HINTS = {
+    "SIGKILL": "often the out-of-memory killer",
+    "SIGSEGV": "a crash in native code",
+    "SIGABRT": "aborted",
+    "SIGBUS": "a crash in native code",
+}
+
+
+def _signal_name(num: int) -> str | None:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return None
+
+
+def describe_exit(code: int | None) -> str:
+    """A short human reason for a process's exit status ("killed by SIGABRT", ...)."""
+    if code is None:
+        return "still running"
+    if code == 0:
+        return "exited"
+    if code < 0:
+        name = _signal_name(-code) or f"signal {-code}"
+        return f"killed by {name}"
+    if code > 128 and _signal_name(code - 128):
+        # A shell or a runtime exiting "as if" killed: 137 is the classic OOM-killer report.
+        name = _signal_name(code - 128)
+        hint = _HINTS.get(name)
+        return f"exit code {code} ({name}{', ' + hint if hint else ''})"
+    return f"exit code {code}"
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False when the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def reap_sidecars(pid: int, grace: float = 3.0) -> None:
+    """Wait up to ``grace`` seconds for the dead worker's wandb-core to exit; kill what is left."""
+    import psutil
+
+    procs = _wandb.core_processes_of(pid)
+    if not procs:
+        return
+    _gone, alive = psutil.wait_procs(procs, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=2)
+
+
+def wait_until(predicate, timeout: float | None, step: float = 0.05) -> bool:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not predicate():
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
+class LocalAgentProcess:
+    """One worker process on this machine (see the module diagram)."""
+
+    node = ""
+
+    def __init__(self, proc: subprocess.Popen, spec, events_fd: int, lifeline_fd: int, spec_path: str):
+        self._proc = proc
+        self._spec = spec
+        self._events_fd = events_fd
+        self._lifeline = lifeline_fd
+        self._spec_path = spec_path
+        self.pid = proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    def events(self):
+        with os.fdopen(self._events_fd, "rb") as stream:
+            yield from stream
+
+    def signal(self, sig: int) -> bool:
+        return signal_group(self.pid, sig)
+
+    def drain(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGUSR1)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def wait(self) -> int:
+        return self._proc.wait()
+
+    def cleanup(self) -> None:
+        # The user's own children (data loaders, ...) die with the agent.
+        signal_group(self.pid, signal.SIGKILL)
+        _unlink(self._spec_path)
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
+        reap_sidecars(self.pid)
+
+    def report_lost_run(self, run_id: str, state: str, code: int) -> None:
+        report_lost_run(self._spec, run_id, state, code)
+
+
+class LocalBackend:
+    """Start workers on this machine, their spec files in ``spec_dir`` (0700)."""
+
+    def __init__(self, spec_dir: str):
+        self._spec_dir = spec_dir
+
+    def start(self, spec, *, log_path: str, header: str) -> LocalAgentProcess:
+        import cloudpickle
+
+        fd, spec_path = tempfile.mkstemp(prefix=".spec-", dir=self._spec_dir)  # 0600: it may hold a key
+        with os.fdopen(fd, "wb") as f:
+            cloudpickle.dump(spec, f)
+        events_r, events_w = os.pipe()
+        life_r, life_w = os.pipe()  # only we hold the write end: its EOF is our death
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(log_fd, (header + "\n").encode())
+            cmd = [
+                sys.executable, "-m", "sweep_magic.worker", "--spec", spec_path,
+                "--events-fd", str(events_w), "--lifeline-fd", str(life_r),
+            ]  # fmt: skip
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                env=child_env.child_env(os.environ, spec),
+                pass_fds=(events_w, life_r),
+                start_new_session=True,  # its own process group: signals reach the user's children too
+            )
+        except BaseException:
+            for x in (events_r, life_w):
+                os.close(x)
+            _unlink(spec_path)
+            raise
+        finally:
+            for x in (events_w, life_r, log_fd):
+                os.close(x)
+        return LocalAgentProcess(proc, spec, events_r, life_w, spec_path)
+
+
+def report_lost_run(spec, run_id: str, state: str, code: int) -> None:
+    """Tell the embedded server at once that a run died with its agent, so the sweep does
+    not wait for the agent's heartbeats to time out before it can finish."""
+    if not spec.report_url:
+        return
+    try:
+        sidechannel.report_finish(spec.report_url, spec.env.get("WANDB_API_KEY", ""), run_id, state=state, exit_code=code)
+    except Exception:
+        pass  # the server settles it from missed heartbeats instead
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
