@@ -152,7 +152,10 @@ def build(dest: str) -> str:
         f"-Wl,-soname,{SONAME}",
         "-o", out, SOURCE,
     ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as err:  # CC names no program
+        raise BuildProblem(f"cannot run the C compiler {compiler!r}: {err}; apt-get install gcc (or set CC)") from None
     if done.returncode != 0:
         raise BuildProblem(f"building the fake NVML failed:\n{' '.join(cmd)}\n{done.stderr}")
     return dest

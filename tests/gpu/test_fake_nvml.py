@@ -36,6 +36,7 @@ from fake_nvml import (
     inventory_text,
 )
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UUIDS = [f"GPU-{i}{i}{i}{i}aaaa-0000-4000-8000-00000000000{i}" for i in range(5)]
 MIB = 2**20
 
@@ -106,7 +107,7 @@ def test_a_process_may_preload_the_fake_by_path_instead(nvml, machine):
         "from sweep_magic import devices\n"
         "print(len(devices.gpu_inventory()))\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "FAKE_NVML_INVENTORY": nvml.inventory}
+    env = {**os.environ, "PYTHONPATH": REPO, "FAKE_NVML_INVENTORY": nvml.inventory}
     env.pop("LD_LIBRARY_PATH", None)
     env.pop("CUDA_VISIBLE_DEVICES", None)
     done = subprocess.run([sys.executable, "-c", code, nvml.libdir], env=env, capture_output=True, text=True, check=True)
