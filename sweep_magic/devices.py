@@ -228,11 +228,14 @@ def _mig_devices(pynvml, handle, parent_index: int, parent_uuid: str) -> list[Gp
 def _device_info(pynvml, handle, index: int) -> GpuInfo:
     uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
     name = _text(_try(lambda: pynvml.nvmlDeviceGetName(handle), "GPU"))
-    mem = _try(lambda: pynvml.nvmlDeviceGetMemoryInfo(handle), None)
+    # Memory and processes decide whether a GPU counts as busy: when NVML cannot give them
+    # the GPU would pass for free, so say so.  Utilisation is only shown: it goes blank.
+    mem = _busy_figure(pynvml, lambda: pynvml.nvmlDeviceGetMemoryInfo(handle), f"the memory of {uuid}", None)
     util = _try(lambda: pynvml.nvmlDeviceGetUtilizationRates(handle).gpu, None)
     procs: dict[int, GpuProcess] = {}
     for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
-        for p in _try(lambda: getattr(pynvml, getter)(handle), []) or []:
+        listed = _busy_figure(pynvml, lambda: getattr(pynvml, getter)(handle), f"the processes on {uuid}", [])
+        for p in listed or []:
             if p.pid not in procs:
                 procs[p.pid] = _process(p.pid, getattr(p, "usedGpuMemory", None))
     return GpuInfo(
@@ -276,6 +279,16 @@ def _warn(message: str) -> None:
         return
     _warned.add(message)
     warnings.warn_explicit(message, GpuWarning, filename="sweep_magic", lineno=0, module="sweep_magic.devices")
+
+
+def _busy_figure(pynvml, fn, what: str, default):
+    try:
+        return fn()
+    except Exception as err:
+        # NOT_SUPPORTED is how a GPU says it has no such thing (no graphics processes): not news.
+        if getattr(err, "value", None) != getattr(pynvml, "NVML_ERROR_NOT_SUPPORTED", 3):
+            _warn(f"NVML cannot read {what} ({_reason(err)}): it may look free while in use")
+        return default
 
 
 def _try(fn, default):

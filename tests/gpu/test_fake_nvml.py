@@ -28,6 +28,8 @@ from fake_nvml import (
     DRIVER_NOT_LOADED,
     FOREIGN_PID,
     GPU_IS_LOST,
+    NO_PERMISSION,
+    NOT_SUPPORTED,
     SONAME,
     UNKNOWN,
     Gpu,
@@ -267,20 +269,26 @@ def test_no_library_at_all_is_silent(nvml):
     assert probe.results[1]["error"].startswith("no GPU is visible here (no NVIDIA driver")
 
 
-def test_a_failing_figure_is_left_blank_and_a_lost_gpu_left_out(nvml, machine):
+def test_failing_figures_and_a_lost_gpu(nvml, machine):
     gpus = five_gpus(machine["mine"], machine["others"])
-    gpus[2].fails["nvmlDeviceGetUtilizationRates"] = UNKNOWN
     gpus[1].fails["nvmlDeviceGetUUID"] = GPU_IS_LOST
+    gpus[2].fails["nvmlDeviceGetUtilizationRates"] = UNKNOWN
+    gpus[3].fails["nvmlDeviceGetComputeRunningProcesses_v3"] = NO_PERMISSION
+    gpus[0].fails["nvmlDeviceGetGraphicsRunningProcesses_v3"] = NOT_SUPPORTED
     nvml.script(gpus)
     probe = nvml.probe(["inventory"], ["inventory"], ["plan", {"gpus": "all"}])
     listed, again, everything = probe.results
     # GPU 1 fell off the bus: the other four stay (before, one failure emptied the list).
     assert [g["uuid"] for g in listed] == [UUIDS[0], UUIDS[2], UUIDS[3], UUIDS[4]] and again == listed
     assert cuda(everything) == ["0", "2", "3", "4"]  # NVML's numbering still reaches the right GPUs
-    (line,) = probe.warning_lines()
-    assert line.endswith("GpuWarning: GPU 1 is left out: NVML says GPU is lost")
-    # An optional figure that fails is unknown, not a reason to drop the GPU or to warn.
+    # One line per problem, once however often the panel re-reads. A shown-only figure
+    # (utilisation) just goes blank; one that decides busy-ness (processes) is named.
+    assert [line.split("GpuWarning: ")[1] for line in probe.warning_lines()] == [
+        "GPU 1 is left out: NVML says GPU is lost",
+        f"NVML cannot read the processes on {UUIDS[3]} (Insufficient Permissions): it may look free while in use",
+    ]
     assert listed[1]["utilization_pct"] is None and listed[1]["memory_used_mib"] == 140_000.0
+    assert listed[0]["processes"][0]["pid"] == machine["mine"]  # NOT_SUPPORTED graphics: no news
 
 
 def test_device_count_failing_is_one_warning_line(nvml, machine):
