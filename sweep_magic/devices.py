@@ -9,7 +9,12 @@ The kernel's own ``CUDA_VISIBLE_DEVICES`` is respected: only the devices it name
 are listed, in its order, and a GPU's ``index`` is its position there (the number a
 user types, the same number torch would use in the kernel).  Each GPU's
 ``visible_id`` is what a worker's ``CUDA_VISIBLE_DEVICES`` must say to see exactly
-that device.
+that device.  A GPU in MIG mode cannot be used whole (CUDA reaches only its MIG
+devices), so it is listed as its MIG devices, each placed by UUID.
+
+NVML that is there but fails (driver not loaded, library/driver mismatch, a GPU
+fallen off the bus) is one ``GpuWarning`` line per problem; the GPUs it could
+still read are listed.
 
 ``plan()`` turns ``gpus=`` / ``cpus=`` / ``agents_per_gpu=`` into slots; every
 mistake becomes a one-line ``PlacementError``.
@@ -17,7 +22,6 @@ mistake becomes a one-line ``PlacementError``.
 
 from __future__ import annotations
 
-import getpass
 import os
 import threading
 import warnings
@@ -47,6 +51,8 @@ class GpuInfo:
     utilization_pct: float | None
     processes: tuple[GpuProcess, ...]
     visible_id: str  # what to put in CUDA_VISIBLE_DEVICES for this GPU
+    mig_mode: bool = False  # a GPU in MIG mode: CUDA reaches only its MIG devices
+    mig_parent: str | None = None  # a MIG device: the UUID of its GPU
 
     def busy(self, *, my_user: str | None = None, min_free_fraction: float = 0.1) -> bool:
         """True when the GPU looks taken: little free memory, or processes on it
@@ -70,17 +76,24 @@ class AgentSlot:
     env: dict[str, str]
 
 
+class GpuWarning(UserWarning):
+    """NVML is installed but answered with an error: some or all GPUs are not offered."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Inventory
 
 _NVML_LOCK = threading.Lock()
 _nvml_state: str | None = None  # None: not tried; "ok"; "absent"
+_nvml_problem: str | None = None  # why NVML lists nothing, for the "no GPU" message
+_warned: set[str] = set()
 _provider: Callable[[], list[GpuInfo]] | None = None
 
 
 def set_inventory_provider(fn: Callable[[], list[GpuInfo]] | None) -> None:
     """Replace NVML (tests, machines without a GPU).  ``fn()`` returns the machine's
-    devices as NVML would, index = NVML index; the kernel's CUDA_VISIBLE_DEVICES is
+    devices as NVML would, index = NVML index (MIG devices: a negative index and
+    ``mig_parent``, their GPU ``mig_mode=True``); the kernel's CUDA_VISIBLE_DEVICES is
     still applied on top.  ``None`` restores NVML."""
     global _provider
     _provider = fn
@@ -94,18 +107,29 @@ def gpu_inventory() -> list[GpuInfo]:
 
 def _apply_visible(devices: Sequence[GpuInfo], visible: str | None) -> list[GpuInfo]:
     if visible is None:
-        # Indices are NVML (PCI bus) order; slots pin CUDA_DEVICE_ORDER=PCI_BUS_ID to match.
-        # MIG instances (negative index) are listed only when the kernel names them.
-        physical = [d for d in devices if d.index >= 0]
-        return [replace(d, index=i, visible_id=str(d.index)) for i, d in enumerate(physical)]
-    chosen: list[GpuInfo] = []
-    for token in (t.strip() for t in visible.split(",")):
-        found = _match_token(devices, token)
-        # CUDA stops at the first token it cannot resolve; so do we.
-        if found is None or found in chosen:
-            break
-        chosen.append(found)
+        # NVML (PCI bus) order; slots pin CUDA_DEVICE_ORDER=PCI_BUS_ID to match.
+        chosen = [d for d in devices if d.index >= 0]
+    else:
+        chosen = []
+        for token in (t.strip() for t in visible.split(",")):
+            found = _match_token(devices, token)
+            # CUDA stops at the first token it cannot resolve; so do we.
+            if found is None or found in chosen:
+                break
+            chosen.append(found)
+    chosen = _expand_mig(devices, chosen)
     return [replace(d, index=i, visible_id=_token_for(d, visible)) for i, d in enumerate(chosen)]
+
+
+def _expand_mig(devices: Sequence[GpuInfo], chosen: list[GpuInfo]) -> list[GpuInfo]:
+    """A GPU in MIG mode stands for its MIG devices.  Placed by its index, a worker would get
+    only the first MIG device on it (CUDA enumerates one), and its memory figures would be the
+    whole GPU's; a GPU in MIG mode with no MIG device created offers nothing to CUDA at all."""
+    out: list[GpuInfo] = []
+    for device in chosen:
+        parts = [m for m in devices if m.mig_parent == device.uuid] if device.mig_mode else [device]
+        out.extend(p for p in parts if p not in out)
+    return out
 
 
 def _match_token(devices: Sequence[GpuInfo], token: str) -> GpuInfo | None:
@@ -121,30 +145,39 @@ def _match_token(devices: Sequence[GpuInfo], token: str) -> GpuInfo | None:
     return None
 
 
-def _token_for(device: GpuInfo, visible: str) -> str:
+def _token_for(device: GpuInfo, visible: str | None) -> str:
     # Pass the kernel's own spelling down when it named devices by UUID, else the index;
     # MIG instances have no index CUDA understands.
-    if device.index < 0 or "GPU-" in visible or "MIG-" in visible:
+    if device.index < 0 or (visible is not None and ("GPU-" in visible or "MIG-" in visible)):
         return device.uuid
     return str(device.index)
 
 
 def _nvml_devices() -> list[GpuInfo]:
-    global _nvml_state
+    global _nvml_state, _nvml_problem
     with _NVML_LOCK:
         if _nvml_state is None:
+            _nvml_state = "absent"
             try:
                 import pynvml
-
+            except ImportError:
+                return []
+            try:
                 pynvml.nvmlInit()
                 _nvml_state = "ok"
-            except Exception:  # no library, no driver, no permission: all mean "no GPU"
-                _nvml_state = "absent"
+            except Exception as err:
+                # No library means no NVIDIA stack at all: a CPU machine, nothing to say.
+                # Anything else (driver not loaded, library/driver mismatch after an
+                # upgrade, no permission) hides GPUs the user expects: say so once.
+                if getattr(err, "value", None) != getattr(pynvml, "NVML_ERROR_LIBRARY_NOT_FOUND", 12):
+                    _nvml_problem = f"NVML failed to start: {_reason(err)}"
+                    _warn(f"{_nvml_problem}; no GPU is offered (restart the kernel once the driver is fixed)")
         if _nvml_state != "ok":
             return []
         try:
             return _read_nvml()
-        except Exception:
+        except Exception as err:  # the device count itself failed
+            _warn(f"NVML could not list the GPUs: {_reason(err)}")
             return []
 
 
@@ -153,39 +186,55 @@ def _read_nvml() -> list[GpuInfo]:
 
     devices = []
     for i in range(pynvml.nvmlDeviceGetCount()):
-        handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-        devices.append(_device_info(pynvml, handle, i))
-        devices.extend(_mig_devices(pynvml, handle, i))
+        # One GPU that cannot be read (fallen off the bus) must not hide the others.
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            gpu = _device_info(pynvml, handle, i)
+        except Exception as err:
+            _warn(f"GPU {i} is left out: NVML says {_reason(err)}")
+            continue
+        migs = _mig_devices(pynvml, handle, i, gpu.uuid)
+        devices.append(gpu if migs is None else replace(gpu, mig_mode=True))
+        devices.extend(migs or [])
     return devices
 
 
-def _mig_devices(pynvml, handle, parent_index: int) -> list[GpuInfo]:
+def _mig_devices(pynvml, handle, parent_index: int, parent_uuid: str) -> list[GpuInfo] | None:
+    """The MIG devices of a GPU in MIG mode; None when it is not in MIG mode (or has no MIG)."""
     try:
         current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
         if current != pynvml.NVML_DEVICE_MIG_ENABLE:
-            return []
+            return None
         count = pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)
-    except Exception:
-        return []
+    except Exception:  # NOT_SUPPORTED: a GPU without MIG
+        return None
     out = []
     for j in range(count):
         try:
             mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, j)
-        except Exception:
+        except Exception:  # NOT_FOUND: an empty slot
             continue
-        # MIG devices have no NVML index of their own: CUDA only reaches them by UUID.
-        out.append(_device_info(pynvml, mig, -1 - parent_index * 100 - j))
+        try:
+            # MIG devices have no NVML index of their own: CUDA only reaches them by UUID.
+            info = _device_info(pynvml, mig, -1 - parent_index * 100 - j)
+        except Exception as err:
+            _warn(f"a MIG device of GPU {parent_index} is left out: NVML says {_reason(err)}")
+            continue
+        out.append(replace(info, mig_parent=parent_uuid))
     return out
 
 
 def _device_info(pynvml, handle, index: int) -> GpuInfo:
     uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
     name = _text(_try(lambda: pynvml.nvmlDeviceGetName(handle), "GPU"))
-    mem = _try(lambda: pynvml.nvmlDeviceGetMemoryInfo(handle), None)
+    # Memory and processes decide whether a GPU counts as busy: when NVML cannot give them
+    # the GPU would pass for free, so say so.  Utilisation is only shown: it goes blank.
+    mem = _busy_figure(pynvml, lambda: pynvml.nvmlDeviceGetMemoryInfo(handle), f"the memory of {uuid}", None)
     util = _try(lambda: pynvml.nvmlDeviceGetUtilizationRates(handle).gpu, None)
     procs: dict[int, GpuProcess] = {}
     for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
-        for p in _try(lambda: getattr(pynvml, getter)(handle), []) or []:
+        listed = _busy_figure(pynvml, lambda: getattr(pynvml, getter)(handle), f"the processes on {uuid}", [])
+        for p in listed or []:
             if p.pid not in procs:
                 procs[p.pid] = _process(p.pid, getattr(p, "usedGpuMemory", None))
     return GpuInfo(
@@ -212,6 +261,33 @@ def _process(pid: int, used_bytes) -> GpuProcess:
     # NVML reports "not available" (e.g. without permission) as None or a huge sentinel.
     memory = used_bytes / 2**20 if isinstance(used_bytes, int) and 0 <= used_bytes < 2**60 else None
     return GpuProcess(pid=pid, user=user, memory_mib=memory, name=name)
+
+
+def _reason(err: BaseException) -> str:
+    # pynvml's errors print as NVML's own words ("Driver Not Loaded"); keep them on one line.
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _warn(message: str) -> None:
+    """One line, once per process: the panel re-reads the inventory every few seconds.
+
+    ``warn_explicit`` with a file name that is no file keeps the usual
+    ``file:line: GpuWarning: ...`` form but without a second, source-code line (there
+    is no user line to point at from here); ``module`` lets users filter it."""
+    if message in _warned:
+        return
+    _warned.add(message)
+    warnings.warn_explicit(message, GpuWarning, filename="sweep_magic", lineno=0, module="sweep_magic.devices")
+
+
+def _busy_figure(pynvml, fn, what: str, default):
+    try:
+        return fn()
+    except Exception as err:
+        # NOT_SUPPORTED is how a GPU says it has no such thing (no graphics processes): not news.
+        if getattr(err, "value", None) != getattr(pynvml, "NVML_ERROR_NOT_SUPPORTED", 3):
+            _warn(f"NVML cannot read {what} ({_reason(err)}): it may look free while in use")
+        return default
 
 
 def _try(fn, default):
@@ -253,19 +329,28 @@ def plan(*, gpus=None, cpus=None, agents_per_gpu=1, inventory: list[GpuInfo] | N
         if not chosen:
             raise PlacementError(f"all {len(inv)} GPUs are busy; pass gpus='all' or gpus=[...] to use them anyway")
     else:
-        chosen = _choose(gpus, inv)
+        # When NVML itself failed, the refusal says why rather than guessing "no driver".
+        chosen = _choose(gpus, inv, _nvml_problem if inventory is None and _provider is None else None)
     return _gpu_slots(chosen, agents_per_gpu, cores)
 
 
-def _free(inv: list[GpuInfo]) -> list[GpuInfo]:
+def current_user() -> str | None:
+    """This process's user, named as NVML's process owners are (psutil reads the real uid),
+    so our own processes on a GPU never make it look busy; ``$USER`` is not trusted."""
     try:
-        me = getpass.getuser()
-    except Exception:
-        me = None
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):  # no passwd entry (some containers)
+        return None
+
+
+def _free(inv: list[GpuInfo]) -> list[GpuInfo]:
+    me = current_user()
     return [g for g in inv if not g.busy(my_user=me)]
 
 
-def _choose(gpus, inv: list[GpuInfo]) -> list[GpuInfo]:
+def _choose(gpus, inv: list[GpuInfo], why: str | None = None) -> list[GpuInfo]:
     word = gpus.strip().lower() if isinstance(gpus, str) else None
     if word is not None and word not in ("all", "free"):
         try:  # a malformed list is the first thing to say, GPUs or not
@@ -273,7 +358,8 @@ def _choose(gpus, inv: list[GpuInfo]) -> list[GpuInfo]:
         except ValueError:
             raise PlacementError(f"gpus must be 'all', 'free' or GPU indices like '0,1', not {gpus!r}") from None
     if not inv:
-        raise PlacementError("no GPU is visible here (no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides them); use cpus=N")
+        why = why or "no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides them"
+        raise PlacementError(f"no GPU is visible here ({why}); use cpus=N")
     if word in ("all", "free"):
         if word == "all":
             return inv

@@ -13,7 +13,7 @@ import types
 import ipywidgets as W
 
 from sweep_magic.faces.panel_html import gpu_html
-from sweep_magic.devices import available_cores
+from sweep_magic.devices import available_cores, current_user
 from sweep_magic.errors import SweepMagicError
 
 # Names IPython puts in the user namespace that are not the user's functions.
@@ -190,15 +190,6 @@ class PanelForm:
         if self.project.value.strip():
             kwargs["project"] = self.project.value.strip()
         return kwargs
-
-
-def current_user() -> str | None:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry (some containers)
-        return None
 
 
 def cores_each_html(agents: int, n_cores: int) -> str:

@@ -169,6 +169,9 @@ class _Handler(BaseHTTPRequestHandler):
 class SweepHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a burst of agents' heartbeats on a busy machine
+    # (the accept loop gets no CPU for a moment) would see connections reset, not queued.
+    request_queue_size = 128
 
     def __init__(self, address, controller: Controller, api_key: str):
         self.controller = controller

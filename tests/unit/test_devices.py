@@ -1,13 +1,13 @@
 """GPU inventory and placement.
 
-There is no GPU on the development machine: the real NVML path is tested for what it
-must do here (an empty list, no exception); GPU placement uses an injected inventory.
+There is no GPU on the development machine: the real NVML path is tested here for what it
+must do without a driver (an empty list, no exception), and through nvidia-ml-py against
+a fake NVML library in ../gpu/test_fake_nvml.py; placement logic uses an injected inventory.
 """
 
 from __future__ import annotations
 
 import os
-import types
 import warnings
 
 import pytest
@@ -170,32 +170,6 @@ def test_mig_devices_only_when_named(monkeypatch):
         assert only.visible_id == "MIG-1234-abcd" and only.index == 0
     finally:
         devices.set_inventory_provider(None)
-
-
-def test_nvml_record_reading():
-    """The NVML reading logic, against a stand-in module: no real NVML can exist here."""
-    me = os.getpid()
-    proc = types.SimpleNamespace(pid=me, usedGpuMemory=512 * 2**20)
-    unknown = types.SimpleNamespace(pid=me, usedGpuMemory=None)
-    nvml = types.SimpleNamespace(
-        nvmlDeviceGetUUID=lambda h: b"GPU-abc",
-        nvmlDeviceGetName=lambda h: "NVIDIA H200",
-        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(total=1024 * 2**20, used=256 * 2**20),
-        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=37),
-        nvmlDeviceGetComputeRunningProcesses=lambda h: [proc],
-        nvmlDeviceGetGraphicsRunningProcesses=lambda h: [unknown],  # same pid: listed once
-    )
-    info = devices._device_info(nvml, object(), 0)
-    assert (info.uuid, info.name, info.memory_total_mib, info.memory_used_mib) == ("GPU-abc", "NVIDIA H200", 1024, 256)
-    assert info.utilization_pct == 37.0
-    (p,) = info.processes
-    assert p.pid == me and p.memory_mib == 512 and p.user and p.name
-
-    def broken(h):
-        raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
-
-    nvml.nvmlDeviceGetUtilizationRates = broken
-    assert devices._device_info(nvml, object(), 0).utilization_pct is None
 
 
 def test_slot_is_frozen():
