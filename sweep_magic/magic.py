@@ -110,8 +110,12 @@ class SweepMagics(Magics):
             raise UsageError(str(err)) from None
         wait = args.wait if args.wait is not None else kernel.headless(self.shell)
         view = show.show(session, widget=False if args.no_widget else None)
-        if wait:
-            _wait(session, view)
+        if wait and _wait(session, view):
+            # A headless notebook (nbclient, papermill, CI) must not pass quietly when the
+            # sweep produced nothing: one line, as the cell's error.
+            failure = session.failures()
+            if failure is not None:
+                raise UsageError(failure)
 
     # --- the pieces ----------------------------------------------------------------------
     def _function(self, args, cell: str | None):
@@ -237,18 +241,22 @@ def _load_config(ref: str, ns: dict) -> dict:
     return config
 
 
-def _wait(session, view) -> None:
-    """Block until the session ends; Ctrl-C stops the agents and keeps what they collected."""
+def _wait(session, view) -> bool:
+    """Block until the session ends (True); Ctrl-C stops the agents and keeps what they
+    collected (False)."""
+    ended = True
     try:
         session.wait()
     except KeyboardInterrupt:
         # SweepSession.wait already stopped the agents; the view below ends with the table.
         print(f"interrupted: stopped {session.id}; {len(session.results())} runs in results()")
+        ended = False
     # Let the view's last refresh (the final table) land before the cell ends, so a
     # headless executor (nbclient) records it in this cell's output.
     join = getattr(view, "join", None)
     if callable(join):
         join(timeout=10)
+    return ended
 
 
 def register(ipython) -> None:

@@ -76,6 +76,34 @@ def test_nbclient_notebook_runs_an_8_point_grid(home):
     assert table[0].split()[:5] == ["#", "run", "agent", "state", "loss"] and table[2].split()[4] == "1"
 
 
+def test_headless_notebook_fails_when_every_run_failed(home):
+    """nbclient (so papermill and CI) gets a cell error of one line, not a quiet pass."""
+    from nbclient.exceptions import CellExecutionError
+
+    code = nbformat.v4.new_code_cell
+    nb = nbformat.v4.new_notebook(cells=[
+        code("%load_ext sweep_magic\nimport sweep_magic"),
+        code(GRID.format(a=[1, 2], b=[1], var="sid", project="kernel-fail")),
+        code("%%sweep_parallel {sid} --cpus 1 --wait\n"
+             "def train():\n"
+             "    import wandb\n"
+             "    with wandb.init():\n"
+             "        raise ValueError('the data folder is empty')\n"),
+        code("print('never reached')"),
+    ])
+    client = NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(home)}})
+    with pytest.raises(CellExecutionError) as info:
+        client.execute()
+    # IPython shows a UsageError as one stderr line (no traceback); the reply is an error.
+    assert info.value.ename == "UsageError"
+    lines = [o["text"] for o in nb.cells[2].outputs if o.get("name") == "stderr"]
+    assert len(lines) == 1 and lines[0].startswith("UsageError: ") and lines[0].count("\n") == 1
+    message = lines[0].removeprefix("UsageError: ").strip()
+    assert message.startswith("2 of 2 runs failed and none finished; first (")
+    assert message.endswith("ValueError: the data folder is empty")
+    assert "never reached" not in str(info.value) and not nb.cells[3].get("outputs")
+
+
 class _Kernel:
     """A kernel started by jupyter_client, as JupyterLab would (allow_stdin=True)."""
 

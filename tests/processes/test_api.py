@@ -241,3 +241,36 @@ def test_table_is_bounded():
     lines = text.table(snap).splitlines()
     assert len(lines) == 2 + text.MAX_TABLE_ROWS + 1 and lines[-1].startswith("… 10 more runs")
     assert len(text.table(snap, limit=None).splitlines()) == 62
+
+
+def _raise_when_odd():
+    import wandb
+
+    with wandb.init() as run:
+        if run.config.x % 2:
+            raise RuntimeError(f"odd x={run.config.x}")
+        run.log({"loss": run.config.x})
+
+
+def _always_raise():
+    import wandb
+
+    with wandb.init():
+        raise RuntimeError("no data")
+
+
+def test_raise_for_failures_only_when_nothing_finished(home):
+    from sweep_magic.errors import SweepFailed
+
+    mixed = api.launch(_raise_when_odd, _grid(2, project="mixed"), cpus=1)
+    broken = api.launch(_always_raise, _grid(2, project="broken"), cpus=1)
+    assert mixed.wait(timeout=180) and broken.wait(timeout=180)
+    assert sorted(r["state"] for r in mixed.results()) == ["failed", "finished"]
+    assert mixed.failures() is None
+    mixed.raise_for_failures()  # some runs finished: the sweep did its job
+    with pytest.raises(SweepFailed) as info:
+        broken.raise_for_failures()
+    message = str(info.value)
+    assert "\n" not in message and message == broken.failures()
+    assert message.startswith("2 of 2 runs failed and none finished; first (")
+    assert message.endswith("RuntimeError: no data")
