@@ -1,13 +1,18 @@
-"""The one place that knows wandb's internals (private names, process layout, file formats).
+"""wandb-core, the Go sidecar every wandb process starts: finding it, and hearing of its launch.
 
-Everything else in sweep_magic talks to wandb through its public API or through the verbs
-here.  Each use says what happens when a wandb release moves it.
+Touch points (``surface``): ``core.argv`` (wandb-core's argv: basename ``wandb-core`` and
+``--pid <owner>``) and ``core.launcher`` (``service_process._launch_server``, returning an
+object whose ``_process.pid`` is the sidecar).  Both are best effort: when they move, the
+priority hook falls back to polling and the reaper finds nothing to reap (wandb-core still
+exits ~1.5 s after its owner on its own; the test suite's no-orphans check would see it).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 
+LAUNCHER_MODULE = "wandb.sdk.lib.service.service_process"
 CORE_BASENAME = "wandb-core"
 
 
@@ -39,7 +44,7 @@ def on_core_started(callback) -> bool:
     False when wandb's layout is not the one known here (callers then poll with
     ``core_processes_of``)."""
     try:
-        from wandb.sdk.lib.service import service_process
+        service_process = importlib.import_module(LAUNCHER_MODULE)
     except Exception:
         return False
     original = getattr(service_process, "_launch_server", None)

@@ -112,8 +112,17 @@ class AgentExiting(Event):
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class Notice(Event):
+    """Something the user should be told once, e.g. a named degradation on this wandb
+    ("live detail off ...").  Views show each distinct text once per session."""
+
+    type: ClassVar[str] = "notice"
+    text: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.type: cls for cls in (AgentStarted, AgentRegistered, RunStarted, Metrics, RunFinished, AgentExiting)
+    cls.type: cls for cls in (AgentStarted, AgentRegistered, RunStarted, Metrics, RunFinished, AgentExiting, Notice)
 }
 
 

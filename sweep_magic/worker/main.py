@@ -12,7 +12,10 @@ threads, CUDA state and IPython).  In order, it
    wandb state scrubbed) and CPU affinity, *before* the function is unpickled, so
    libraries it imports size their thread pools to the slot; with ``spec.nice``, its
    priority and its session's, and (``worker.priority``) those of each wandb-core it starts;
-4. hooks wandb (``worker.hooks``) and runs the real ``wandb.agent``;
+4. checks wandb's private surface and hooks it (``worker.hooks``, through the ``_wandb``
+   adapter): a required touch point missing ends the agent here, with one line naming the
+   wandb version and what it lacks; a degradation is said once; then runs the real
+   ``wandb.agent``;
 5. sends ``AgentExiting`` and exits.
 
 Events go to the events fd only; the user's stdout/stderr are the log file the

@@ -1,17 +1,13 @@
 """Inside a worker: what wandb does, turned into events (and side-channel posts).
 
-wandb has no public callback API, so the worker wraps a few private methods of the
-pinned wandb range (WANDB_PROTOCOL.md §4) before ``wandb.agent`` starts:
+The Reporter is told what happens by plain callbacks, which ``worker.hooks`` wires to the
+wandb adapter (``sweep_magic._wandb``): pyagent's job begin/end, a run's start, logs and
+finish.  It never touches wandb itself beyond public names (``run.id``, ``run.config``,
+``run.summary``) and the adapter's verbs.
 
-    pyagent.Agent._init / _register / _run_job / _heartbeat_commands / _exit
-    wandb.sdk.wandb_run.Run._on_start / _partial_history_callback / _finish
-    pyagent.time.sleep (cut short on exit, and nudged when a run ends)
-
-Any of them missing is a loud ``HookMissing`` at start, never a silently blind view.
-
-Threads: hooks are called from pyagent's run thread (a new one per run), its
-heartbeat thread and the main thread; a flusher thread coalesces metrics to at
-most ``FLUSH_HZ`` events per second per run and posts metric history in batches.
+Threads: callbacks come from pyagent's run thread (a new one per run), its heartbeat
+thread and the main thread; a flusher thread coalesces metrics to at most ``FLUSH_HZ``
+events per second per run and posts metric history in batches.
 """
 
 from __future__ import annotations
@@ -23,26 +19,19 @@ import threading
 import time
 import traceback
 
+from sweep_magic import _wandb
 from sweep_magic.protocol import sidechannel
 from sweep_magic.protocol.events import (
     AgentRegistered,
     Event,
     Metrics,
+    Notice,
     RunFinished,
     RunStarted,
     jsonable,
 )
 
 FLUSH_HZ = 4
-FLAPPING_OFF = 10**9  # pyagent stops after 3 failures in 60 s; for us a failing run is just a failed run
-
-_AGENT_HOOKS = ("_init", "_register", "_run_job", "_heartbeat_commands", "_exit")
-_RUN_HOOKS = ("_on_start", "_partial_history_callback", "_finish")
-_AGENT_ATTRS = ("HEARTBEAT_SLEEP_SECONDS", "FLAPPING_MAX_FAILURES")
-
-
-class HookMissing(RuntimeError):
-    pass
 
 
 def _scalar(value):
@@ -68,6 +57,7 @@ class _RunState:
         self.error: str | None = None
         self.values: dict = {}
         self.step: int | None = None
+        self.next_step = 0  # the step wandb gives the next row logged without one
         self.dirty = False
         self.row: dict | None = None  # the history row being built (partial logs)
         self.row_step: int | None = None
@@ -92,7 +82,7 @@ class Reporter:
         self._warned: set[str] = set()
         self._key = spec.env.get("WANDB_API_KEY") or os.environ.get("WANDB_API_KEY", "")
         self._stop = threading.Event()
-        self.sleeper = _Sleeper()
+        self.sleeper = Sleeper()
         self._flusher = threading.Thread(target=self._flush_loop, name="sweep-magic-flusher", daemon=True)
         self._flusher.start()
 
@@ -124,16 +114,40 @@ class Reporter:
 
     # -- agent ----------------------------------------------------------------------------
     def wake(self) -> None:
-        """The agent should exit: cut pyagent's 5 s idle sleeps short (up to 10 s per exit)."""
+        """The agent should exit now: its loops end, its idle sleeps are cut short."""
         self.sleeper.exit()
         agent = self.agent
         if agent is not None:
-            try:
-                from wandb.agents.pyagent import Job
+            _wandb.request_exit(agent)
 
-                agent._queue.put(Job({"type": "exit"}))  # returns queue.get(); the loop sees the flag
-            except Exception:
-                pass
+    def notice(self, text: str) -> None:
+        """Something the user should be told once (a named degradation): the views show the
+        event, the log tail shows the line."""
+        print(f"sweep_magic: {text}", file=sys.stderr, flush=True)
+        self.emit(Notice(text=text))
+
+    # -- agent callbacks (pyagent, through the adapter) ---------------------------------
+    def agent_created(self, agent) -> None:
+        self.agent = agent
+        if self.draining:  # drained before the agent even started: take no run
+            self.wake()
+
+    def filter_commands(self, commands: list) -> list:
+        if self.draining:
+            # Draining: finish the current run, take no new ones (the server gets them
+            # back when they never show up in runState).
+            return [c for c in commands if not (isinstance(c, dict) and c.get("type") in ("run", "resume"))]
+        return commands
+
+    def drain(self) -> None:
+        """SIGUSR1: finish the run in progress, then exit; at once when idle."""
+        self.draining = True
+        agent = self.agent
+        if agent is None:
+            return  # agent_created sees the flag
+        _wandb.give_back_queued(agent)  # a prefetched run goes back to the sweep
+        if self._current is None:
+            self.wake()
 
     def registered(self, agent_id: str) -> None:
         self.emit(AgentRegistered(agent_id=str(agent_id)))
@@ -143,28 +157,33 @@ class Reporter:
             hello["heartbeat_seconds"] = self._spec.heartbeat_seconds
         self.post(f"agents/{agent_id}/hello", hello)
 
-    def job_begin(self, run_id: str, config: dict) -> None:
+    def job_begin(self, agent, run_id: str, config: dict) -> None:
         with self._lock:
             self._runs[run_id] = _RunState(run_id, config)
             self._current = run_id
 
-    def job_end(self, run_id: str, status: str | None) -> None:
+    def job_end(self, agent, run_id: str) -> None:
         """After pyagent's ``_run_job``: report the run's outcome (also for a function that
         never called wandb.init, or raised before finishing its run)."""
+        status = _wandb.run_statuses(agent).get(run_id) if agent is not None else None
         with self._lock:
             run = self._runs.get(run_id)
             if self._current == run_id:
                 self._current = None
-        if run is None or run.finished:
-            return
-        if not run.started:
-            self._started(run, name=run_id, dir=None)
-        if run.final is not None:
-            exit_code, summary, ended = run.final
-        else:  # the function never called wandb.init (or never finished its run)
-            exit_code, summary, ended = (1 if (run.error or status != "RUNNING") else 0), {}, time.time()
-        self._finished(run, exit_code=exit_code, summary=summary, ended=ended)
-        self.sleeper.nudge()  # an agent with nothing queued asks for its next run at once
+        if run is not None and not run.finished:
+            if not run.started:
+                self._started(run, name=run_id, dir=None)
+            if run.final is not None:
+                exit_code, summary, ended = run.final
+            else:  # no Run._finish seen: no wandb.init, a run never finished, or live detail off
+                with self._lock:
+                    summary = dict(run.values)  # the last value of each logged key
+                failed = run.error or status == "errored"
+                exit_code, ended = (1 if failed else 0), time.time()
+            self._finished(run, exit_code=exit_code, summary=summary, ended=ended)
+            self.sleeper.nudge()  # an agent with nothing queued asks for its next run at once
+        if self.draining and agent is not None:
+            self.wake()
 
     def record_error(self, text: str) -> None:
         with self._lock:
@@ -174,8 +193,7 @@ class Reporter:
 
     def stopped(self, run_id: str) -> bool:
         agent = self.agent
-        status = getattr(agent, "_run_status", {}).get(run_id) if agent is not None else None
-        return status == "STOPPED"
+        return agent is not None and _wandb.run_statuses(agent).get(run_id) == "stopped"
 
     # -- run ------------------------------------------------------------------------------
     def _own(self, run) -> _RunState | None:
@@ -192,12 +210,9 @@ class Reporter:
             config = {k: v for k, v in dict(run.config).items() if not str(k).startswith("_")}
         except Exception:
             config = state.config
-        try:
-            run_dir = run._settings.sync_dir
-        except Exception:
-            run_dir = None
+        state.next_step = _wandb.first_step(run)
         state.config = config or state.config
-        self._started(state, name=run.name or state.run_id, dir=run_dir)
+        self._started(state, name=run.name or state.run_id, dir=_wandb.run_dir(run))
 
     def _started(self, state: _RunState, *, name: str, dir: str | None) -> None:
         state.started = True
@@ -208,12 +223,15 @@ class Reporter:
         state = self._own(run)
         if state is None:
             return
-        try:
-            at = step if step is not None else run._local_step
-        except Exception:
-            at = step
         values = {str(k): v for k, v in ((k, _scalar(v)) for k, v in data.items()) if v is not None}
         with self._lock:
+            # wandb's own step rule (Run._log): a row goes to ``step`` if given, else to the
+            # next step; a commit moves the next step on.
+            at = step if step is not None else state.next_step
+            if step is not None and step > state.next_step:
+                state.next_step = step
+            if (step is None and commit is None) or commit:
+                state.next_step += 1
             if state.row is not None and state.row_step != at:
                 self._close_row(state)
             state.row = {**(state.row or {}), **values}
@@ -306,22 +324,27 @@ class Reporter:
                 traceback.print_exc()
 
 
-class _Sleeper:
+class Sleeper:
     """pyagent's ``time`` module, with a ``sleep`` that can be cut short.
 
     ``exit()`` ends every sleep from then on (an exit is not held up by 5 s idle
     sleeps).  ``nudge()`` ends the sleep in progress once: the worker nudges when a
-    run starts and when it ends, so the heartbeat that tells the server about it goes
-    out at once.  On a run's start that heartbeat brings the next run (prefetch), so
-    the gap between runs no longer depends on the heartbeat period or the trial length.
+    run ends, so the heartbeat that tells the server about it (and asks for the next
+    run) goes out at once instead of up to a heartbeat period later.
     """
 
     def __init__(self):
         self._cond = threading.Condition()
         self._exiting = False
         self._nudged = False
+        # Where pyagent's heartbeat period is not a class attribute (0.25 sleeps a literal
+        # 5 s), capping every pyagent sleep paces its heartbeats; its other sleep is an idle
+        # wait that ends early anyway.
+        self.cap: float | None = None
 
     def sleep(self, seconds: float) -> None:
+        if self.cap is not None:
+            seconds = min(seconds, self.cap)
         with self._cond:
             self._cond.wait_for(lambda: self._exiting or self._nudged, timeout=seconds)
             self._nudged = False
@@ -352,133 +375,3 @@ def wrap_function(fn, reporter: Reporter):
             raise
 
     return sweep_function
-
-
-def install(reporter: Reporter, spec) -> None:
-    """Patch pyagent and Run; raises ``HookMissing`` naming what this wandb lacks."""
-    import wandb
-    from wandb.agents import pyagent
-    from wandb.sdk import wandb_run
-
-    Agent, Run = pyagent.Agent, wandb_run.Run
-    missing = [f"Agent.{n}" for n in (*_AGENT_HOOKS, *_AGENT_ATTRS) if not hasattr(Agent, n)]
-    missing += [f"Run.{n}" for n in _RUN_HOOKS if not hasattr(Run, n)]
-    if missing:
-        raise HookMissing(
-            f"wandb {wandb.__version__} lacks {', '.join(missing)}, which sweep_magic hooks; "
-            "install the wandb version sweep_magic supports (see its pyproject)"
-        )
-    Agent.FLAPPING_MAX_FAILURES = FLAPPING_OFF
-    if spec.report_url:
-        # Only against the embedded server: heartbeats to a shared W&B server stay at wandb's pace.
-        Agent.HEARTBEAT_SLEEP_SECONDS = spec.heartbeat_seconds
-
-    def around(cls, name, make):
-        original = getattr(cls, name)
-        setattr(cls, name, functools.wraps(original)(make(original)))
-
-    def _init(orig):
-        def hooked(self):
-            orig(self)
-            reporter.agent = self
-            if reporter.draining:  # drained before the agent even started: take no run
-                self._exit_flag = True
-
-        return hooked
-
-    around(Agent, "_init", _init)
-
-    def _register(orig):
-        def hooked(self):
-            orig(self)
-            reporter.registered(self._agent_id)
-
-        return hooked
-
-    def _run_job(orig):
-        def hooked(self, job):
-            config = {k: (v.get("value") if isinstance(v, dict) else v) for k, v in (job.config or {}).items()}
-            reporter.job_begin(job.run_id, config)
-            try:
-                orig(self, job)
-            finally:
-                reporter.job_end(job.run_id, self._run_status.get(job.run_id))
-                if reporter.draining:
-                    self._exit_flag = True
-                    reporter.wake()
-
-        return hooked
-
-    def _heartbeat_commands(orig):
-        def hooked(self, run_status):
-            commands = orig(self, run_status)
-            if reporter.draining and commands:
-                # Draining: finish the current run, take no new ones (the server gets
-                # them back when they never show up in runState).
-                commands = [c for c in commands if c.get("type") not in ("run", "resume")]
-            return commands
-
-        return hooked
-
-    def _exit(orig):
-        def hooked(self):
-            orig(self)
-            reporter.wake()
-
-        return hooked
-
-    around(Agent, "_exit", _exit)
-    if hasattr(pyagent, "time"):
-        pyagent.time = reporter.sleeper
-    around(Agent, "_register", _register)
-    around(Agent, "_run_job", _run_job)
-    around(Agent, "_heartbeat_commands", _heartbeat_commands)
-
-    def _on_start(orig):
-        def hooked(self, *a, **kw):
-            result = orig(self, *a, **kw)
-            reporter.run_started(self)
-            return result
-
-        return hooked
-
-    def _history(orig):
-        def hooked(self, data, step=None, commit=None):
-            try:
-                reporter.logged(self, data, step, commit)
-            except Exception:  # never let reporting break the user's wandb.log
-                traceback.print_exc()
-            return orig(self, data, step, commit)
-
-        return hooked
-
-    def _finish(orig):
-        def hooked(self, exit_code=None, *a, **kw):
-            if getattr(self, "_is_finished", False):
-                return orig(self, exit_code, *a, **kw)
-            # The summary must be read before the original tears the run down (§4).
-            try:
-                reporter.run_finishing(self, exit_code)
-            except Exception:
-                traceback.print_exc()
-            return orig(self, exit_code, *a, **kw)
-
-        return hooked
-
-    around(Run, "_on_start", _on_start)
-    around(Run, "_partial_history_callback", _history)
-    around(Run, "_finish", _finish)
-
-
-def start_drain(reporter: Reporter) -> None:
-    """SIGUSR1: finish the run in progress, then exit; at once when idle."""
-    reporter.draining = True
-    agent = reporter.agent
-    if agent is None:
-        return
-    for run_id, status in list(getattr(agent, "_run_status", {}).items()):
-        if status == "QUEUED":  # a prefetched run: give it back by dropping it from runState
-            agent._run_status[run_id] = "STOPPED"
-    if reporter._current is None:
-        agent._exit_flag = True
-        reporter.wake()
