@@ -101,10 +101,13 @@ def metric(config: dict) -> tuple[str | None, str | None]:
 
 
 def _cloud_target(sweep_id: str, bare: str, project, entity) -> Target:
-    base_url, key, token_file = _login()
+    base_url, key, token_file, missed = _login()
     if not (key or token_file):
+        hint = ""
+        if missed:
+            hint = " (this wandb's wandb.login() lookup could not be made: set WANDB_API_KEY)"
         raise LoginRequired(
-            f"{sweep_id!r} is not a local sweep and there is no W&B login for {base_url}: "
+            f"{sweep_id!r} is not a local sweep and there is no W&B login for {base_url}{hint}: "
             "run `wandb login` (or set WANDB_API_KEY), or make a local sweep with sweep_magic.local_sweep(config)"
         )
     project = project or os.environ.get("WANDB_PROJECT")
@@ -142,37 +145,18 @@ def _cloud_target(sweep_id: str, bare: str, project, entity) -> Target:
     )
 
 
-def _login() -> tuple[str, str | None, str | None]:
-    """(base URL, API key or None, identity token file or None), without touching the network."""
+def _login() -> tuple[str, str | None, str | None, tuple]:
+    """(base URL, API key or None, identity token file or None, the saved-login lookups this
+    wandb did not let us make), without touching the network."""
+    from sweep_magic import _wandb
+
     base_url = os.environ.get("WANDB_BASE_URL", "").rstrip("/")
     token_file = os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or None
     key = os.environ.get("WANDB_API_KEY") or None
-    try:
-        from wandb.sdk import wandb_setup
-
-        settings = wandb_setup.singleton().settings
-        base_url = base_url or (settings.base_url or "").rstrip("/")
-    except Exception:
-        settings = None
-    base_url = base_url or DEFAULT_CLOUD_URL
+    if not base_url:
+        base_url = _wandb.saved_base_url()[0] or DEFAULT_CLOUD_URL
     if key or token_file:
-        return base_url, key, token_file
+        return base_url, key, token_file, ()
     # wandb's own lookups, in wandb's order: `wandb.login()` in this process, then ~/.netrc.
-    # Private modules: if they move in a later wandb, we only lose these fallbacks.
-    try:
-        from wandb.sdk.lib.wbauth import authenticate
-
-        auth = authenticate.session_credentials(host=base_url)
-        key = getattr(auth, "api_key", None)
-    except Exception:
-        pass
-    if not key:
-        try:
-            from wandb.sdk.lib.wbauth import wbnetrc
-
-            key = wbnetrc.read_netrc_auth(host=base_url)
-        except Exception:
-            pass
-    if not key and settings is not None:
-        key = getattr(settings, "api_key", None) or None
-    return base_url, key, None
+    saved = _wandb.saved_api_key(base_url)
+    return base_url, saved.api_key, None, saved.missed

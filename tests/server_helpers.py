@@ -113,13 +113,13 @@ wandb.agent(sweep_id, function=train, count=count)
 
 
 # A stand-in for sweep_magic's worker (not ours to test here): the real pyagent with a short
-# heartbeat, a hello (prefetch) after registering, and run events on the side channel.  The
-# train function records when it starts and ends, for gap measurements.
+# heartbeat, a hello (prefetch) after registering, and run events on the side channel, all
+# hooked through the same wandb adapter as the real worker (no private wandb name here).
+# The train function records when it starts and ends, for gap measurements.
 WORKER = """
 import base64, json, os, sys, time, urllib.request
 import wandb
-from wandb.agents import pyagent
-from wandb.sdk import wandb_run
+from sweep_magic import _wandb
 
 URL, KEY = os.environ["WANDB_BASE_URL"], os.environ["WANDB_API_KEY"]
 AUTH = "Basic " + base64.b64encode(("api:" + KEY).encode()).decode()
@@ -135,35 +135,38 @@ def post(path, payload):
     except Exception as err:
         print("side channel:", path, err, file=sys.stderr)
 
-pyagent.Agent.HEARTBEAT_SLEEP_SECONDS = HB
-_register = pyagent.Agent._register
-def register(self):
-    _register(self)
+found = _wandb.check(("agent", "run"))
+if found.refused:
+    sys.exit(found.refusal())
+
+class PacedTime:  # pyagent's `time` where its heartbeat period is not a class attribute
+    def __getattr__(self, name):
+        return getattr(time, name)
+    def sleep(self, seconds):
+        time.sleep(min(seconds, HB))
+
+if not _wandb.set_heartbeat(HB, found):
+    _wandb.patch_sleep(PacedTime(), found)
+
+def registered(agent_id):
     if os.environ.get("SM_HELLO", "1") == "1":
-        post(f"/sweep_magic/v1/agents/{self._agent_id}/hello",
+        post(f"/sweep_magic/v1/agents/{agent_id}/hello",
              {"prefetch": PREFETCH, "pid": os.getpid(), "heartbeat_seconds": HB})
-pyagent.Agent._register = register
 
-_init = wandb.init
-def init(*args, **kwargs):
-    run = _init(*args, **kwargs)
+_wandb.hook_agent(_wandb.AgentCallbacks(registered=registered), found)
+
+def started(run):
     post(f"/sweep_magic/v1/runs/{run.id}/start", {})
-    return run
-wandb.init = init
 
-_history = wandb_run.Run._partial_history_callback
-def history(self, data, step=None, commit=None):
-    post(f"/sweep_magic/v1/runs/{self.id}/history", {"rows": [dict(data, _step=step)]})
-    return _history(self, data, step, commit)
-wandb_run.Run._partial_history_callback = history
+def logged(run, data, step, commit):
+    post(f"/sweep_magic/v1/runs/{run.id}/history", {"rows": [dict(data, _step=step)]})
 
-_finish = wandb_run.Run._finish
-def finish(self, exit_code=None):
-    summary = {k: v for k, v in dict(self.summary).items() if not k.startswith("_")}
-    post(f"/sweep_magic/v1/runs/{self.id}/finish",
+def finishing(run, exit_code):
+    summary = {k: v for k, v in dict(run.summary).items() if not k.startswith("_")}
+    post(f"/sweep_magic/v1/runs/{run.id}/finish",
          {"exit_code": exit_code or 0, "state": "finished" if not exit_code else "failed", "summary": summary})
-    return _finish(self, exit_code)
-wandb_run.Run._finish = finish
+
+assert _wandb.hook_run(started, logged, finishing, found), found.live_note()
 
 def train():
     t0 = time.time()

@@ -96,6 +96,19 @@ POINTS: tuple[Point, ...] = (
           degradation="WANDB__DISABLE_STATS/MACHINE_INFO/SAVE_REQUIREMENTS may be ignored: workers cost more CPU"),
 )
 BY_ID = {p.id: p for p in POINTS}
+
+# Read off live objects, so not checkable in advance; each read has a fallback in place:
+# an agent without ``_agent_id`` after ``_register`` sends no hello (as agent.register
+# missing), a launcher result without ``_process.pid`` leaves wandb-core to the poller.
+RUNTIME_NAMES = ("_agent_id", "_process")
+
+
+def private_names() -> set[str]:
+    """Every private wandb attribute name the adapter touches (for the leak test)."""
+    names = set(RUNTIME_NAMES)
+    for point in POINTS:
+        names |= {n for n in point.path.split(".") if n.startswith("_") or n.isupper()}
+    return names
 GROUPS = ("agent", "run", "core", "login", "env")
 
 
