@@ -97,6 +97,9 @@ class SessionSnapshot:
     started_at: float | None = None
     ended_at: float | None = None
     version: int = 0
+    # Things to say once for the whole session, e.g. a named degradation of the agents'
+    # wandb ("live detail off ..."): each distinct text once, in arrival order.
+    notices: tuple[str, ...] = ()
 
     @property
     def done(self) -> bool:

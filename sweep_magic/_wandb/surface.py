@@ -40,7 +40,7 @@ class Point:
     cls: str  # REQUIRED | LIVE | BEST_EFFORT
     module: str
     path: str  # attribute path inside ``module`` ("" for the module itself)
-    form: str  # attr | method | call | instance | job | statuses | argv | fields
+    form: str  # attr | method | call | instance | job | statuses | sleep | argv | fields
     # method: the leading parameters a wrapper relies on (pyagent/wandb call them by position);
     # call: the keyword arguments sweep_magic calls it with
     params: tuple = ()
@@ -75,7 +75,7 @@ POINTS: tuple[Point, ...] = (
     Point("agent.flapping", BEST_EFFORT, PYAGENT, "Agent.FLAPPING_MAX_FAILURES", "attr",
           degradation="pyagent's own flapping check stays on: an agent may stop after 3 failed runs in its "
           "first minute"),
-    Point("agent.time", BEST_EFFORT, PYAGENT, "time", "attr",
+    Point("agent.time", BEST_EFFORT, PYAGENT, "time", "sleep",
           degradation="pyagent's 5 s idle sleeps are not cut short: gaps between runs and exits take seconds more"),
     Point("run.class", LIVE, WANDB_RUN, "Run", "attr"),
     Point("run.on_start", LIVE, WANDB_RUN, "Run._on_start", "method", ("self",)),
@@ -194,6 +194,8 @@ def _probe(point: Point, bare) -> str | None:
         names = ("QUEUED", "RUNNING", "STOPPED", "ERRORED")
         missing = [n for n in names if getattr(obj, n, None) != n]
         return f"lacks {', '.join(missing)}" if missing else None
+    if point.form == "sleep":  # a module global pyagent sleeps through: the time module, or ours
+        return None if callable(getattr(obj, "sleep", None)) else "has no sleep()"
     if point.form == "fields":
         fields = getattr(obj, "model_fields", None) or {}
         want = ("x_disable_stats", "x_disable_machine_info", "x_save_requirements")

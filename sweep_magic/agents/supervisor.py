@@ -45,6 +45,7 @@ from sweep_magic.protocol.events import (
     AgentRegistered,
     AgentStarted,
     Metrics,
+    Notice,
     RunFinished,
     RunStarted,
     parse_line,
@@ -85,6 +86,7 @@ class Supervisor:
         # thousands, and metrics arrive several times a second per agent).
         self._run_snaps: dict[str, RunSnapshot] = {}
         self._dirty_runs: set[str] = set()
+        self._notices: list[str] = []  # Notice texts, each once (every agent sends its own)
         self._state = "running"
         self._stop_requested = False
         self._started_at: float | None = None
@@ -356,6 +358,10 @@ class Supervisor:
                     agent.state = "idle"
             elif isinstance(event, AgentExiting):
                 agent.exit_reason, agent.exit_error = event.reason, event.error
+            elif isinstance(event, Notice):
+                if event.text in self._notices:
+                    return
+                self._notices.append(event.text)
             else:
                 return
             self._changed()
@@ -458,7 +464,7 @@ class Supervisor:
         return SessionSnapshot(
             session_id=self._session_id, sweep_id=self._sweep_id, state=self._state, agents=agents, runs=runs,
             metric_name=self._metric[0], metric_goal=self._metric[1], started_at=self._started_at,
-            ended_at=self._ended_at, version=self._version,
+            ended_at=self._ended_at, version=self._version, notices=tuple(self._notices),
         )  # fmt: skip
 
     def _atexit(self) -> None:

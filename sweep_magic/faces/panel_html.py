@@ -80,6 +80,7 @@ def header_html(snap: SessionSnapshot | None, note: str = "") -> str:
         f"<b>sweep {esc(snap.sweep_id)}</b> · {state_badge(snap.state)} · {len(snap.agents)} agents"
         f" · runs: {esc(runs)}{best_text} · {esc(elapsed)}"
         + (f" · {esc(note)}" if note else "")
+        + "".join(f'<div style="color:#b08800">{esc(text)}</div>' for text in snap.notices)
     )
 
 

@@ -74,7 +74,7 @@ def agent_line(agent: AgentSnapshot) -> str | None:
 
 def event_lines(prev: SessionSnapshot | None, cur: SessionSnapshot) -> list[str]:
     """One line per run/agent event between two snapshots of the same session."""
-    lines: list[str] = []
+    lines: list[str] = [f"note: {text}" for text in cur.notices[len(prev.notices) if prev else 0 :]]
     before = {r.run_id: r for r in prev.runs} if prev else {}
     for run in cur.runs:
         old = before.get(run.run_id)
