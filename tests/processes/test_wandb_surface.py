@@ -125,3 +125,32 @@ def test_worker_refuses_with_one_line_when_a_required_point_moved(server, tmp_pa
     assert "\n" not in agent.reason
     assert f"wandb {wandb.__version__} cannot run sweep_magic agents" in agent.reason
     assert surface.BY_ID["agent.run_job"].where in agent.reason
+
+
+SAVED_KEY = """
+import json, sys, wandb_breaks
+from sweep_magic import _wandb
+restore = wandb_breaks.apply(sys.argv[1]) if sys.argv[1] != "none" else None
+saved = _wandb.saved_api_key("https://api.example.test")
+print(json.dumps({"key": saved.api_key, "missed": list(saved.missed)}))
+"""
+
+
+def test_saved_login_survives_a_moved_lookup(tmp_path):
+    """~/.netrc is still read when wandb's reader moves; a moved wandb.login() lookup is
+    reported (target's LoginRequired then says so) instead of looking like no login."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine api.example.test\n  login user\n  password " + "k" * 40 + "\n")
+    netrc.chmod(0o600)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, TESTS]), "NETRC": str(netrc),
+           "WANDB_CONFIG_DIR": str(tmp_path / "config")}  # fmt: skip
+    env.pop("WANDB_API_KEY", None)
+    seen = {}
+    for moved in ("none", "login.netrc", "login.session"):
+        out = subprocess.run([sys.executable, "-c", SAVED_KEY, moved], env=env, cwd=TESTS, capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        seen[moved] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert all(s["key"] == "k" * 40 for s in seen.values()), seen
+    assert seen["none"]["missed"] == seen["login.netrc"]["missed"] == []
+    assert seen["login.session"]["missed"] == ["login.session"]
