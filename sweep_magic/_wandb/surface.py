@@ -40,9 +40,9 @@ class Point:
     cls: str  # REQUIRED | LIVE | BEST_EFFORT
     module: str
     path: str  # attribute path inside ``module`` ("" for the module itself)
-    form: str  # attr | method | call | instance | job | statuses | sleep | argv | fields
+    form: str  # attr | method | call | const | instance | job | statuses | sleep | argv | fields
     # method: the leading parameters a wrapper relies on (pyagent/wandb call them by position);
-    # call: the keyword arguments sweep_magic calls it with
+    # call: the keyword arguments sweep_magic calls it with; const: the value it must have
     params: tuple = ()
     degradation: str = ""  # what the user gets without it (best-effort and live points)
 
@@ -92,7 +92,10 @@ POINTS: tuple[Point, ...] = (
           degradation="a key from wandb.login() in the kernel is not seen (WANDB_API_KEY and ~/.netrc still are)"),
     Point("login.netrc", BEST_EFFORT, NETRC, "read_netrc_auth", "call", ("host",),
           degradation="~/.netrc is read with Python's netrc module instead of wandb's reader"),
-    Point("env.quiet", BEST_EFFORT, "wandb", "Settings", "fields",
+    Point("env.service", BEST_EFFORT, "wandb.env", "SERVICE", "const", ("WANDB_SERVICE",),
+          "the kernel's wandb-core address may reach the workers under a new name: they could share "
+          "the kernel's wandb-core and stop with it"),
+    Point("quiet.settings", BEST_EFFORT, "wandb", "Settings", "fields",
           degradation="WANDB__DISABLE_STATS/MACHINE_INFO/SAVE_REQUIREMENTS may be ignored: workers cost more CPU"),
 )
 BY_ID = {p.id: p for p in POINTS}
@@ -109,7 +112,7 @@ def private_names() -> set[str]:
     for point in POINTS:
         names |= {n for n in point.path.split(".") if n.startswith("_") or n.isupper()}
     return names
-GROUPS = ("agent", "run", "core", "login", "env")
+GROUPS = ("agent", "run", "core", "login", "env", "quiet")
 
 
 def version() -> str:
@@ -194,6 +197,8 @@ def _probe(point: Point, bare) -> str | None:
         names = ("QUEUED", "RUNNING", "STOPPED", "ERRORED")
         missing = [n for n in names if getattr(obj, n, None) != n]
         return f"lacks {', '.join(missing)}" if missing else None
+    if point.form == "const":
+        return None if (obj,) == point.params else f"is {obj!r}, not {point.params[0]!r}"
     if point.form == "sleep":  # a module global pyagent sleeps through: the time module, or ours
         return None if callable(getattr(obj, "sleep", None)) else "has no sleep()"
     if point.form == "fields":

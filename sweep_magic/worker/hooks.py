@@ -30,11 +30,11 @@ class HookMissing(RuntimeError):
 def surface_check(spec=None) -> _wandb.Surface:
     """The touch points a worker for ``spec`` uses: wandb-core's only matter for ``nice``
     (the priority hook), the quiet settings only for the embedded server's defaults."""
-    groups = ["agent", "run"]
+    groups = ["agent", "run", "env"]
     if spec is not None and getattr(spec, "nice", None):
         groups.append("core")
     if spec is not None and spec.report_url:
-        groups.append("env")
+        groups.append("quiet")
     return _wandb.check(tuple(groups))
 
 

@@ -224,19 +224,20 @@ class Reporter:
         if state is None:
             return
         values = {str(k): v for k, v in ((k, _scalar(v)) for k, v in data.items()) if v is not None}
+        commits = (step is None and commit is None) or bool(commit)
         with self._lock:
-            # wandb's own step rule (Run._log): a row goes to ``step`` if given, else to the
-            # next step; a commit moves the next step on.
+            # wandb's own step rule (Run._log), kept here rather than read from the run: a row
+            # goes to ``step`` if given, else to the next step; a commit moves the next step on.
             at = step if step is not None else state.next_step
             if step is not None and step > state.next_step:
                 state.next_step = step
-            if (step is None and commit is None) or commit:
+            if commits:
                 state.next_step += 1
             if state.row is not None and state.row_step != at:
                 self._close_row(state)
             state.row = {**(state.row or {}), **values}
             state.row_step = at
-            if (step is None and commit is None) or commit:
+            if commits:
                 self._close_row(state)
             state.values.update(values)
             state.step = at
