@@ -98,6 +98,7 @@ def _classify(found, point) -> dict:
         "live": found.live,
         "refusal": found.refusal() if found.refused else None,
         "notes": found.notes(),
+        "log_only": found.degradations(shown=False),
     }
 
 

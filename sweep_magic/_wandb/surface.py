@@ -45,6 +45,9 @@ class Point:
     # call: the keyword arguments sweep_magic calls it with; const: the value it must have
     params: tuple = ()
     degradation: str = ""  # what the user gets without it (best-effort and live points)
+    # False where the fallback is as good for the user: said in the worker's log, not in
+    # the views (a note on every session that changes nothing visible is noise).
+    shown: bool = True
 
     @property
     def where(self) -> str:
@@ -69,9 +72,11 @@ POINTS: tuple[Point, ...] = (
           degradation="an exit waits for pyagent's queue poll (up to 5 s)"),
     Point("agent.heartbeat_commands", BEST_EFFORT, PYAGENT, "Agent._heartbeat_commands", "method",
           ("self", "run_status"),
-          "a run handed out while draining goes back to the sweep when the agent's exit is noticed, not at once"),
+          "a run handed out while draining goes back to the sweep when the agent's exit is noticed "
+          "(a few heartbeats), not at once", shown=False),
     Point("agent.heartbeat_seconds", BEST_EFFORT, PYAGENT, "Agent.HEARTBEAT_SLEEP_SECONDS", "attr",
-          degradation="heartbeats to the embedded server are paced by capping pyagent's sleeps instead"),
+          degradation="heartbeats to the embedded server are paced by capping pyagent's sleeps instead",
+          shown=False),
     Point("agent.flapping", BEST_EFFORT, PYAGENT, "Agent.FLAPPING_MAX_FAILURES", "attr",
           degradation="pyagent's own flapping check stays on: an agent may stop after 3 failed runs in its "
           "first minute"),
@@ -91,7 +96,7 @@ POINTS: tuple[Point, ...] = (
     Point("login.session", BEST_EFFORT, AUTH, "session_credentials", "call", ("host",),
           degradation="a key from wandb.login() in the kernel is not seen (WANDB_API_KEY and ~/.netrc still are)"),
     Point("login.netrc", BEST_EFFORT, NETRC, "read_netrc_auth", "call", ("host",),
-          degradation="~/.netrc is read with Python's netrc module instead of wandb's reader"),
+          degradation="~/.netrc is read with Python's netrc module instead of wandb's reader", shown=False),
     Point("env.service", BEST_EFFORT, "wandb.env", "SERVICE", "const", ("WANDB_SERVICE",),
           "the kernel's wandb-core address may reach the workers under a new name: they could share "
           "the kernel's wandb-core and stop with it"),
@@ -251,14 +256,16 @@ class Surface:
         return (f"live detail off on wandb {self.version} ({what}): runs show start, end, state and "
                 "the last values logged through run.log/wandb.log")  # fmt: skip
 
-    def degradations(self) -> list[str]:
-        """One line per best-effort point that does not fit."""
+    def degradations(self, shown: bool | None = None) -> list[str]:
+        """One line per best-effort point that does not fit (only the ``shown`` ones, or
+        only the others, when given)."""
         return [f"wandb {self.version}: {p.degradation} ({p.where} {self.problems[p.id]})"
-                for p in self._bad(BEST_EFFORT)]  # fmt: skip
+                for p in self._bad(BEST_EFFORT) if shown is None or p.shown == shown]  # fmt: skip
 
     def notes(self) -> list[str]:
-        """Everything a user should be told once: live detail off, degradations, untested version."""
-        lines = [n for n in [self.live_note()] if n] + self.degradations()
+        """What the views should say once: live detail off, the degradations a user would
+        notice, an untested version.  The rest (``degradations(shown=False)``) is for the log."""
+        lines = [n for n in [self.live_note()] if n] + self.degradations(shown=True)
         if not self.tested and not self.refused:
             lines.append(f"wandb {self.version} is outside the tested range {_range()}; "
                          "its surface check passed for what is listed here")  # fmt: skip

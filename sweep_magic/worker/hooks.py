@@ -8,13 +8,16 @@ adapter's surface check (docs/wandb-compat.md):
   before any run;
 * the Run hooks not fitting → live detail off, said once (a ``Notice``): public
   ``wandb.init``/``Run.log`` wrappers still give each run's start and last logged values;
-* a best-effort point missing → its named degradation, said once.
+* a best-effort point missing → its named degradation, said once (in the views when a user
+  would notice it, else in the worker's log).
 
 The two halves are separable: ``install_run_hooks`` needs no pyagent, so a process that
 runs one run on its own can report it with a Reporter of its own.
 """
 
 from __future__ import annotations
+
+import sys
 
 from sweep_magic import _wandb
 from sweep_magic.worker.reporter import Reporter, wrap_function
@@ -48,6 +51,8 @@ def install(reporter: Reporter, spec, found: _wandb.Surface | None = None) -> _w
     live = install_run_hooks(reporter, found)
     for line in found.notes():
         reporter.notice(line)
+    for line in found.degradations(shown=False):
+        print(f"sweep_magic: {line}", file=sys.stderr, flush=True)
     if live is None:
         reporter.notice(f"wandb {found.version}: neither Run's private methods nor public wandb.init/Run.log "
                         "could be wrapped: runs show start, end and state only")  # fmt: skip

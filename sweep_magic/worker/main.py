@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         except _hooks.HookMissing as err:
             exiting("error", str(err))
             return EXIT_AGENT_ERROR
+        except Exception as err:  # the check or a wrapper broke: one line, no restart loop
+            exiting("error", f"sweep_magic could not hook wandb: {type(err).__name__}: {err}\n" + traceback.format_exc())
+            return EXIT_AGENT_ERROR
         _watch_priority(spec)  # wandb is imported now; its wandb-cores start inside wandb.agent
         signal.signal(signal.SIGUSR1, lambda signum, frame: _hooks.start_drain(reporter))
         if drain_early.is_set():

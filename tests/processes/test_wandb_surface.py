@@ -22,7 +22,8 @@ from wandb_breaks import REPO, TESTS, site_dir
 from workers_helpers import grid_sweep, server, spec_builder, wait_for  # noqa: F401  (fixture)
 
 # Touch points measured missing on a tested minor (docs/wandb-compat.md): best effort only.
-KNOWN_GAPS = {(0, 25): {"agent.heartbeat_commands", "agent.heartbeat_seconds"}}
+_HEARTBEAT_GAPS = {"agent.heartbeat_commands", "agent.heartbeat_seconds"}  # pyagent before 0.28
+KNOWN_GAPS = {(0, 25): _HEARTBEAT_GAPS, (0, 26): _HEARTBEAT_GAPS, (0, 27): _HEARTBEAT_GAPS}
 
 
 def test_this_wandb_fits():
@@ -30,7 +31,8 @@ def test_this_wandb_fits():
     assert found.version == wandb.__version__ and found.tested
     assert not found.refused and found.live
     assert set(found.problems) == KNOWN_GAPS.get(surface.minor(found.version), set())
-    assert len(found.notes()) == len(found.problems)  # each gap is said, once
+    # each gap is said once: in the views, or (fallback as good) in the worker's log
+    assert len(found.notes()) + len(found.degradations(shown=False)) == len(found.problems)
 
 
 def test_every_moved_touch_point_is_refused_degraded_or_named():
@@ -57,7 +59,8 @@ def test_every_moved_touch_point_is_refused_degraded_or_named():
             assert point.where in note and f"wandb {version}" in note, (case, note)
         else:
             assert not seen["refused"] and seen["live"], case
-            assert any(point.degradation in n and point.where in n for n in seen["notes"]), (case, seen["notes"])
+            said = seen["notes"] if point.shown else seen["log_only"]
+            assert any(point.degradation in n and point.where in n for n in said), (case, seen)
 
 
 def _supervisor(server, tmp_path, function, values, moved: dict) -> Supervisor:
