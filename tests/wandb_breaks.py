@@ -88,7 +88,8 @@ def site_dir(path, point_id: str, how: str = "delete") -> dict:
     with open(os.path.join(path, "sitecustomize.py"), "w") as f:
         f.write(f"import sys\nsys.path.insert(0, {TESTS!r})\nimport wandb_breaks\n"
                 f"wandb_breaks.apply({point_id!r}, {how!r})\n")  # fmt: skip
-    return {"PYTHONPATH": os.pathsep.join([str(path), REPO])}
+    # The test's own path stays after ours: it may carry the wandb under test (tests/compat runs).
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(path), REPO, os.environ.get("PYTHONPATH")]))}
 
 
 def _classify(found, point) -> dict:
