@@ -45,8 +45,21 @@ def _own_sidecars() -> set[int]:
     return _wandb_core_of({os.getpid()})
 
 
+@pytest.fixture(scope="session", autouse=True)
+def warm_start_server():
+    """This process's zygote (agents/warm.py) lives for the whole test session, as it lives
+    for a kernel: started before any test, so no test counts it as its leftover."""
+    from sweep_magic.agents import warm
+
+    zygote = warm.warm_up()
+    if zygote is not None:
+        zygote.wait_ready(60)
+    yield zygote
+    warm.shut_down()
+
+
 @pytest.fixture(autouse=True)
-def no_orphans(request):
+def no_orphans(request, warm_start_server):
     before = _descendants()
     seen: set[int] = set()
     yield

@@ -90,11 +90,12 @@ def wait_until(predicate, timeout: float | None, step: float = 0.05) -> bool:
 
 
 class LocalAgentProcess:
-    """One worker process on this machine (see the module diagram)."""
+    """One worker process on this machine (see the module diagram); ``proc`` is a ``Popen``
+    or a ``warm.ZygoteProcess`` (anything with ``pid``, ``wait()`` and ``returncode``)."""
 
     node = ""
 
-    def __init__(self, proc: subprocess.Popen, spec, events_fd: int, lifeline_fd: int, spec_path: str):
+    def __init__(self, proc, spec, events_fd: int, lifeline_fd: int, spec_path: str):
         self._proc = proc
         self._spec = spec
         self._events_fd = events_fd
@@ -111,13 +112,12 @@ class LocalAgentProcess:
             yield from stream
 
     def signal(self, sig: int) -> bool:
-        return signal_group(self.pid, sig)
+        # A warm-started worker makes its own group a moment after the fork: until then,
+        # the process alone.
+        return signal_group(self.pid, sig) or _signal_pid(self.pid, sig)
 
     def drain(self) -> None:
-        try:
-            os.kill(self.pid, signal.SIGUSR1)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _signal_pid(self.pid, signal.SIGUSR1)
 
     def wait(self) -> int:
         return self._proc.wait()
@@ -147,24 +147,14 @@ class LocalBackend:
         fd, spec_path = tempfile.mkstemp(prefix=".spec-", dir=self._spec_dir)  # 0600: it may hold a key
         with os.fdopen(fd, "wb") as f:
             cloudpickle.dump(spec, f)
+        env = child_env.child_env(os.environ, spec)
         events_r, events_w = os.pipe()
         life_r, life_w = os.pipe()  # only we hold the write end: its EOF is our death
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             os.write(log_fd, (header + "\n").encode())
-            cmd = [
-                sys.executable, "-m", "sweep_magic.worker", "--spec", spec_path,
-                "--events-fd", str(events_w), "--lifeline-fd", str(life_r),
-            ]  # fmt: skip
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=subprocess.STDOUT,
-                env=child_env.child_env(os.environ, spec),
-                pass_fds=(events_w, life_r),
-                start_new_session=True,  # its own process group: signals reach the user's children too
-            )
+            proc = _start_warm(spec_path, env, events_w, life_r, log_fd) or _start_cold(
+                spec_path, env, events_w, life_r, log_fd)
         except BaseException:
             for x in (events_r, life_w):
                 os.close(x)
@@ -174,6 +164,44 @@ class LocalBackend:
             for x in (events_w, life_r, log_fd):
                 os.close(x)
         return LocalAgentProcess(proc, spec, events_r, life_w, spec_path)
+
+
+def _start_cold(spec_path: str, env: dict, events_w: int, life_r: int, log_fd: int) -> subprocess.Popen:
+    """A fresh interpreter: ``python -m sweep_magic.worker``."""
+    cmd = [
+        sys.executable, "-m", "sweep_magic.worker", "--spec", spec_path,
+        "--events-fd", str(events_w), "--lifeline-fd", str(life_r),
+    ]  # fmt: skip
+    return subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=log_fd,
+        stderr=subprocess.STDOUT,
+        env=env,
+        pass_fds=(events_w, life_r),
+        start_new_session=True,  # its own process group: signals reach the user's children too
+    )
+
+
+def _start_warm(spec_path: str, env: dict, events_w: int, life_r: int, log_fd: int):
+    """A fork of this kernel's zygote, or None (then the caller starts a fresh interpreter)."""
+    from sweep_magic.agents import warm
+
+    zygote = warm.zygote_for(env)
+    if zygote is None:
+        return None
+    try:
+        return warm.ZygoteProcess(zygote, zygote.fork(spec_path, env, os.getcwd(), events_w, life_r, log_fd))
+    except OSError:
+        return None
+
+
+def _signal_pid(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
 
 
 def report_lost_run(spec, run_id: str, state: str, code: int) -> None:
