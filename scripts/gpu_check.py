@@ -1,4 +1,4 @@
-"""The GPU checks of ../shared/GPU_CHECK.md, as one script for a lent GPU machine.
+"""The GPU checks of docs/GPU_CHECK.md, as one script for a machine with a real GPU.
 
 Run it there once (see docs/GPU_CHECK.md for the wheels and the one command); it
 prints every figure, writes them as JSON to ``$OUT/gpu_check.json`` when ``OUT``

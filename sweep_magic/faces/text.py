@@ -5,7 +5,7 @@ which follows a live session from ONE refresher thread at a bounded rate and
 hands text to a sink: a display handle in a kernel (updated in place, so the
 text stays in the cell that launched the sweep even after it returned), or a
 stream in terminal IPython and plain Python.  Never ``print`` from a background
-thread in a kernel: the text lands in whichever cell ran last (see DESIGN.md).
+thread in a kernel: the text lands in whichever cell ran last (docs/architecture.md).
 
     [agent 0 · cpu 0] run k3x9 started  lr=0.01 batch=32
     [agent 0 · cpu 0] run k3x9 finished in 4.1s  loss=0.231  lr=0.01 batch=32

@@ -2,7 +2,7 @@
 
 Built by the supervisor (so wandb-core and every import in the child see it from
 the first instruction) and checked again by the worker.  The kernel's wandb state
-must not leak (WANDB_PROTOCOL.md §6): an inherited WANDB_SERVICE makes every worker
+must not leak (docs/protocol.md §6): an inherited WANDB_SERVICE makes every worker
 share, and die with, the kernel's wandb-core.
 """
 
@@ -27,7 +27,7 @@ STALE = (
     "WANDB_JOB_TYPE",
     "WANDB_CONFIG_PATHS",
     "WANDB_NOTEBOOK_NAME",
-    # pyagent's "disable flapping" switch makes it stop after the *first* failure (§2);
+    # pyagent's "disable flapping" switch makes it stop after the *first* failure (docs/protocol.md §2);
     # the worker disables the check by patching the class instead.
     "WANDB_AGENT_DISABLE_FLAPPING",
 )

@@ -1,7 +1,7 @@
 """Inside a worker: what wandb does, turned into events (and side-channel posts).
 
 wandb has no public callback API, so the worker wraps a few private methods of the
-pinned wandb range (WANDB_PROTOCOL.md §4) before ``wandb.agent`` starts:
+pinned wandb range (docs/protocol.md §4) before ``wandb.agent`` starts:
 
     pyagent.Agent._init / _register / _run_job / _heartbeat_commands / _exit
     wandb.sdk.wandb_run.Run._on_start / _partial_history_callback / _finish
@@ -456,7 +456,7 @@ def install(reporter: Reporter, spec) -> None:
         def hooked(self, exit_code=None, *a, **kw):
             if getattr(self, "_is_finished", False):
                 return orig(self, exit_code, *a, **kw)
-            # The summary must be read before the original tears the run down (§4).
+            # The summary must be read before the original tears the run down (docs/protocol.md §4).
             try:
                 reporter.run_finishing(self, exit_code)
             except Exception:
