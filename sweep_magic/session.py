@@ -43,16 +43,22 @@ class Subscribers:
 
 
 def failure_line(snapshot: SessionSnapshot) -> str | None:
-    """One line for a sweep in which nothing finished and something failed or crashed."""
+    """One line for a sweep in which nothing finished and something failed: runs that failed
+    or crashed, or, with no run at all, agents that could not run (a bad sweep, a wandb
+    this version cannot hook).  None while anything finished, or nothing went wrong."""
     runs = snapshot.runs
     if any(r.state == "finished" for r in runs):
         return None
     bad = [r for r in runs if r.state in ("failed", "crashed")]
-    if not bad:
-        return None
-    first = bad[0]
-    why = last_line(first.error) or first.state
-    return f"{len(bad)} of {len(runs)} runs failed and none finished; first ({first.run_id}): {why}"
+    if bad:
+        first = bad[0]
+        why = last_line(first.error) or first.state
+        return f"{len(bad)} of {len(runs)} runs failed and none finished; first ({first.run_id}): {why}"
+    failed = [a for a in snapshot.agents if a.state == "failed"]
+    if not runs and failed:
+        why = last_line(failed[0].reason) or "failed"
+        return f"no run started: {len(failed)} of {len(snapshot.agents)} agents failed; first (agent {failed[0].index}): {why}"
+    return None
 
 
 class SweepSession:

@@ -3,7 +3,7 @@
     kernel process                                          worker process group (one per agent)
     ┌───────────────────────────────────────────┐           ┌─────────────────────────────────┐
     │ Supervisor                                │  spec file│ python -m sweep_magic.worker    │
-    │  control thread ── Popen ─────────────────┼──(0600)──►│   wandb.agent → run thread       │
+    │  control thread ── backend.start ─────────┼──(0600)──►│   wandb.agent → run thread       │
     │   (spawns, restarts with backoff,          │           │   flusher thread ─┐             │
     │    polls log tails)                        │  events   │                   ▼             │
     │  reader thread × N ◄──────────────────────┼───pipe────┤ events fd (JSON lines)          │
