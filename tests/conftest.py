@@ -58,6 +58,15 @@ def warm_start_server():
     warm.shut_down()
 
 
+def _current_zygote() -> set[int]:
+    """The zygote lives as long as its kernel (here: the test session), whichever test
+    happened to start it; only this one, the current, is not a leftover."""
+    from sweep_magic.agents import warm
+
+    zygote = warm.current()
+    return {zygote.proc.pid} if zygote is not None else set()
+
+
 @pytest.fixture(autouse=True)
 def no_orphans(request, warm_start_server):
     before = _descendants()
@@ -66,7 +75,7 @@ def no_orphans(request, warm_start_server):
     # Everything that became our descendant during the test, plus sidecars owned by them.
     seen = _descendants() - before
     seen |= _wandb_core_of(seen)
-    seen -= before | _own_sidecars()
+    seen -= before | _own_sidecars() | _current_zygote()
     deadline = time.monotonic() + 15
     leftovers = _alive(seen)
     while leftovers and time.monotonic() < deadline:

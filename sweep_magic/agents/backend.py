@@ -32,8 +32,10 @@ class AgentProcess(Protocol):
     def drain(self) -> None:
         """Ask the worker (itself, not its group) to finish its current run and exit."""
 
-    def wait(self) -> int:
-        """Block until the worker exits; its exit status (negative: killed by that signal)."""
+    def wait(self) -> int | None:
+        """Block until the worker exits; its exit status (negative: killed by that signal), or
+        None when the host could not learn it (the supervisor then goes by the worker's own
+        last word, ``AgentExiting``)."""
 
     def cleanup(self) -> None:
         """After ``wait``: kill what is left of its group, reap its wandb-core, free files."""

@@ -52,6 +52,8 @@ from sweep_magic.protocol.events import (
 from sweep_magic.snapshot import AGENT_ENDED, RunSnapshot, SessionSnapshot
 
 TAIL_POLL_SECONDS = 0.5
+EXIT_AGENT_ERROR = 3  # the worker's "could not run" status (worker/main.py)
+UNKNOWN_DEATH = -9  # gone without a word: as if killed
 
 
 class Supervisor:
@@ -366,6 +368,8 @@ class Supervisor:
         the worker could not report itself."""
         if agent.proc is not proc:
             return None
+        if code is None:  # the host lost track of the exit status: what did the worker say?
+            code = (EXIT_AGENT_ERROR if agent.exit_error else 0) if agent.exit_reason else UNKNOWN_DEATH
         lost = None
         agent.exit_code = code
         agent.read_tail()

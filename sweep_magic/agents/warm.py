@@ -25,6 +25,7 @@ import time
 STARTUP_ENV = ("LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "PYTHONMALLOC",
                "PYTHONDEVMODE", "MALLOC_ARENA_MAX")
 READY_WAIT_SECONDS = 15.0
+LOST = -255  # returncode of a worker whose exit status went with its zygote
 
 _lock = threading.Lock()
 _zygote: Zygote | None = None
@@ -57,6 +58,12 @@ def zygote_for(env: dict) -> Zygote | None:
     if any(env.get(name) != zygote.start_env.get(name) for name in STARTUP_ENV):
         return None
     return zygote
+
+
+def current() -> Zygote | None:
+    """The running zygote of this process, if any."""
+    zygote = _zygote
+    return zygote if zygote is not None and not zygote.broken else None
 
 
 def shut_down() -> None:
@@ -106,7 +113,7 @@ class Zygote:
                     raise OSError("the warm start server did not answer")
                 return self._pids.pop(0)
 
-    def wait_exit(self, pid: int) -> int:
+    def wait_exit(self, pid: int) -> int | None:
         with self._cond:
             while pid not in self._exits:
                 if self.broken:
@@ -152,8 +159,9 @@ class Zygote:
             pass
 
 
-def _wait_foreign(pid: int) -> int:
-    """A worker whose zygote died: not our child, so no exit status; wait for it to go."""
+def _wait_foreign(pid: int) -> None:
+    """A worker whose zygote died: not our child, so no exit status; wait for it to go
+    (None: the supervisor judges its end by what the worker said before it went)."""
     import psutil
 
     try:
@@ -162,7 +170,7 @@ def _wait_foreign(pid: int) -> int:
             time.sleep(0.2)
     except psutil.Error:
         pass
-    return 255  # as multiprocessing says for a child whose server died: unknown
+    return None
 
 
 class ZygoteProcess:
@@ -175,8 +183,10 @@ class ZygoteProcess:
         self.pid = pid
         self.returncode: int | None = None
 
-    def wait(self) -> int:
-        if self.returncode is None:
-            self.returncode = self._zygote.wait_exit(self.pid)
-        return self.returncode
+    def wait(self) -> int | None:
+        """The exit status, or None when the zygote died first and it cannot be known
+        (``returncode`` is then ``LOST``, so the agent no longer counts as alive)."""
+        code = self._zygote.wait_exit(self.pid)
+        self.returncode = LOST if code is None else code
+        return code
 

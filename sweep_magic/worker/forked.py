@@ -39,7 +39,10 @@ def run(spec_path: str, events_fd, lifeline_fd, log_fd, env: dict, cwd: str) -> 
         print(f"sweep_magic: could not enter {cwd}: {err}", file=sys.stderr)
     from sweep_magic.worker.main import main
 
-    code = main(["--spec", spec_path, "--events-fd", str(events), "--lifeline-fd", str(lifeline)])
+    # PR_SET_PDEATHSIG would tie us to the zygote, our parent, whose end must not end the
+    # agent; the lifeline ties us to the kernel, as it does a fresh interpreter.
+    code = main(["--spec", spec_path, "--events-fd", str(events), "--lifeline-fd", str(lifeline)],
+                parent_is_kernel=False)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # as ``python -m sweep_magic.worker``: no interpreter teardown

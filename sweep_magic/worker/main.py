@@ -63,13 +63,13 @@ def _watch_lifeline(fd: int) -> None:
     threading.Thread(target=watch, name="sweep-magic-lifeline", daemon=True).start()
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_is_kernel: bool = True) -> None:
     # SIGTERM, not SIGKILL: a SIGKILLed worker could not kill its group, and the user's own
     # children (data loaders, `subprocess`es) would outlive the kernel.  SIGTERM from the
     # supervisor's stop means the same thing: everything in the group goes, now.
     signal.signal(signal.SIGTERM, _kill_group)
-    if not sys.platform.startswith("linux"):
-        return
+    if not parent_is_kernel or not sys.platform.startswith("linux"):
+        return  # forked by the zygote: the lifeline alone ties us to the kernel
     try:
         import ctypes
 
@@ -135,7 +135,7 @@ def _teardown_wandb(timeout: float = 5.0) -> None:
     closer.join(timeout)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, parent_is_kernel: bool = True) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweep_magic.worker")
     parser.add_argument("--spec", required=True)
     parser.add_argument("--events-fd", type=int, required=True)
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     os.set_inheritable(args.events_fd, False)
     os.set_inheritable(args.lifeline_fd, False)
     _watch_lifeline(args.lifeline_fd)
-    _die_with_parent()
+    _die_with_parent(parent_is_kernel)
     faulthandler.enable()  # a segfault leaves a Python traceback in the log
 
     spec = read_spec(args.spec)

@@ -12,8 +12,10 @@ events pipe, lifeline and log file)::
     zygote → kernel   {"pid": 1234}                 after the fork
     zygote → kernel   {"exit": 1234, "code": -9}    when that worker ended (waitpid)
 
-The zygote dies with the kernel: its control socket's EOF, and PR_SET_PDEATHSIG.  The
-workers it forked are not tied to it but to the kernel, through their own lifelines.
+The zygote dies with the kernel: the kernel holds the only other end of the control socket,
+so its death is an EOF here.  (Not PR_SET_PDEATHSIG: that fires when the kernel *thread*
+that started us ends, and any thread may start the zygote.)  The workers it forked are not
+tied to it but to the kernel, through their own lifelines: the zygote's end is not theirs.
 """
 
 from __future__ import annotations
@@ -39,16 +41,6 @@ def check_forkable() -> str | None:
     if any(name in sys.modules for name in ("torch", "IPython", "jax", "tensorflow")):
         return "a heavy framework got imported"
     return None
-
-
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-        except Exception:
-            pass  # the control socket's EOF still ends us
 
 
 def _send(sock: socket.socket, message: dict) -> None:
@@ -122,7 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweep_magic.worker.zygote")
     parser.add_argument("--control-fd", type=int, required=True)
     args = parser.parse_args(argv)
-    _die_with_parent()
     sock = socket.socket(fileno=args.control_fd)
     for name in PRELOAD:
         __import__(name)
