@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except UsageError as err:
-        return _fail(f"{args.command}: {err}")
+        return _fail(str(err), args.command)
     except KeyboardInterrupt:  # before the session's own Ctrl-C handling took over
         from sweep_magic import api
 
@@ -100,8 +100,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot serve on {args.host}:{args.port}: {err.strerror or err}") from None
 
 
-def _fail(message: str) -> int:
-    sys.stderr.write(f"{PROG}: {message}\n")
+def _fail(message: str, command: str | None = None) -> int:
+    sys.stderr.write(f"{PROG}{' ' + command if command else ''}: {message}\n")
     sys.stderr.flush()
     return 2
 
