@@ -187,3 +187,34 @@ def test_demo_in_a_terminal_redraws_in_place(tmp_path):
         assert all(len(line.rstrip("\r\n")) < cols for line in drawn)
     final = frames[-1]
     assert "\x1b" not in final and len(table_rows(final.replace("\r\n", "\n"))) == 8, final
+
+
+def test_only_a_sweep_magic_server_is_taken_for_one():
+    """target.is_sweep_magic_server: the realm of our 401, asked without a key."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from sweep_magic.server import serve
+    from sweep_magic.target import is_sweep_magic_server
+
+    class Other(BaseHTTPRequestHandler):  # another server that wants a login
+        def do_GET(self):
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="other"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    other = HTTPServer(("127.0.0.1", 0), Other)
+    thread = threading.Thread(target=other.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with serve(db=os.path.join(os.environ["SWEEP_MAGIC_HOME"], "s.sqlite3")) as ours:
+            assert is_sweep_magic_server(ours.url)
+        assert not is_sweep_magic_server(ours.url)  # stopped: nothing answers
+        assert not is_sweep_magic_server(f"http://127.0.0.1:{other.server_address[1]}")
+    finally:
+        other.shutdown()
+        other.server_close()
