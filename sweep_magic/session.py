@@ -112,9 +112,12 @@ class SweepSession:
         if line is not None:
             raise SweepFailed(line)
 
-    def stop(self, drain: bool = False) -> None:
-        """Stop every agent: now (the runs are killed), or with ``drain=True`` after their current run."""
-        self._supervisor.stop(drain=drain)
+    def stop(self, drain: bool = False, timeout: float | None = 15.0) -> None:
+        """Stop every agent: now (the runs are killed), or with ``drain=True`` after their current run.
+
+        A drain waits up to ``timeout`` seconds for the runs (None: as long as they take; the
+        terminal's first Ctrl-C) before stopping the rest now."""
+        self._supervisor.stop(drain=drain, timeout=timeout)
 
     def drain_agent(self, i: int) -> None:
         self._supervisor.drain_agent(i)
