@@ -25,6 +25,7 @@ import time
 
 from sweep_magic import payload, target as targets
 from sweep_magic.errors import SweepMagicError, SweepNotFound
+from sweep_magic.options import valid_count, valid_nice
 from sweep_magic.paths import home
 from sweep_magic.session import Subscribers, SweepSession
 
@@ -121,16 +122,6 @@ def launch(
             _sessions.remove(session)
         raise
     return session
-
-
-def valid_count(count) -> bool:
-    """``count``: None, or a whole number ≥ 1 (runs per agent)."""
-    return count is None or (not isinstance(count, bool) and isinstance(count, int) and count >= 1)
-
-
-def valid_nice(nice) -> bool:
-    """``nice``: None, or a whole number from 0 to 19 (the one rule for the API and the magic)."""
-    return nice is None or (not isinstance(nice, bool) and isinstance(nice, int) and 0 <= nice <= 19)
 
 
 def sessions() -> list[SweepSession]:

@@ -11,14 +11,13 @@ IPython expands ``{var}`` and ``$var`` in the line of line and cell magics alike
 
 from __future__ import annotations
 
-import argparse
 import ast
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from sweep_magic import api
+from sweep_magic import api, options
 from sweep_magic.faces import kernel, show
 from sweep_magic.errors import SweepMagicError
 
@@ -40,23 +39,7 @@ Examples::
 """
 
 
-def _whole(rule, wanted: str):
-    """An argparse type: a whole number that ``rule`` (the API's own check) accepts."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
-        if not rule(value):
-            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
-        return value
-
-    return parse
-
-
-_count = _whole(api.valid_count, "a whole number ≥ 1")
-_nice = _whole(api.valid_nice, "a whole number from 0 to 19 (19 = lowest priority)")
+_count, _nice = options.count_type, options.nice_type
 
 
 @magics_class

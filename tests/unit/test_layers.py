@@ -58,6 +58,7 @@ FORBIDDEN = {
                            "sweep_magic.session"),
     "sweep_magic.faces": ("sweep_magic.agents", "sweep_magic.worker", "sweep_magic.api", "sweep_magic.server",
                           "sweep_magic.magic", "sweep_magic.protocol"),
+    "sweep_magic.cli": ("sweep_magic.agents", "sweep_magic.worker", "sweep_magic.protocol", "sweep_magic.magic"),
     "sweep_magic.server": ("sweep_magic.agents", "sweep_magic.worker", "sweep_magic.faces", "sweep_magic.api",
                            "sweep_magic.magic", "sweep_magic.session"),
 }
