@@ -105,7 +105,8 @@ def _db_runs(home, sid: str) -> list[dict]:
 
     server = serve(db=os.path.join(home, "server.sqlite3"))
     try:
-        return server.runs(sid)
+        # The store keeps configs as the wandb client sends them: {name: {"value": v}}.
+        return [{"run_id": r["id"], "state": r["state"], "x": r["config"]["x"]["value"]} for r in server.runs(sid)]
     finally:
         server.stop()
 
@@ -136,7 +137,7 @@ def test_two_kernels_share_a_grid_exactly_once(kernels, tmp_path):
     assert xs == list(range(12)), xs  # every point once, none twice
     assert {r["state"] for r in got_a + got_b} == {"finished"}
     runs = _db_runs(tmp_path, sid)
-    assert len(runs) == 12 and sorted(r["config"]["x"] for r in runs) == list(range(12))
+    assert len(runs) == 12 and sorted(r["x"] for r in runs) == list(range(12))
 
 
 def test_a_killed_kernel_does_not_strand_the_other(kernels, tmp_path):
@@ -154,7 +155,7 @@ def test_a_killed_kernel_does_not_strand_the_other(kernels, tmp_path):
     assert not _gone_within(workers_a, 10), "kernel A's workers outlived it"
     b.finish(cell_b, timeout=300)  # B's sweep carries on and ends by itself
     runs = _db_runs(tmp_path, sid)
-    xs = [r["config"]["x"] for r in runs]
+    xs = [r["x"] for r in runs]
     assert sorted(set(xs)) == list(range(10)) and len(xs) == 10, xs  # each point once
     assert {r["state"] for r in runs} <= {"finished", "crashed"}
     assert any(r["state"] == "finished" for r in runs)
@@ -168,7 +169,7 @@ def test_kernel_restart_mid_sweep_resumes_the_grid(kernels, tmp_path):
     while time.monotonic() < deadline and not any(r["state"] == "finished" for r in _db_runs(tmp_path, sid)):
         time.sleep(0.5)
     before = {r["run_id"]: r for r in _db_runs(tmp_path, sid)}
-    finished_before = {r["config"]["x"] for r in before.values() if r["state"] == "finished"}
+    finished_before = {r["x"] for r in before.values() if r["state"] == "finished"}
     assert finished_before, "a run finished before the restart"
     old_kernel = k.km.provisioner.process.pid
     old_workers = [p.pid for p in psutil.Process(old_kernel).children(recursive=True)]
@@ -179,7 +180,7 @@ def test_kernel_restart_mid_sweep_resumes_the_grid(kernels, tmp_path):
     k.run(f"sid = {sid!r}")
     k.run(CELL.format(sid="{sid}"), timeout=300)
     runs = _db_runs(tmp_path, sid)
-    xs = [r["config"]["x"] for r in runs]
+    xs = [r["x"] for r in runs]
     assert sorted(set(xs)) == list(range(6)), xs  # the sweep resumed to the end
     assert all(xs.count(x) == 1 for x in finished_before), "a finished point ran again"
     for run in runs:
