@@ -56,8 +56,13 @@ class LocalServer:
         self._store = Store(self.db_path)
         # The key lives with the database (0600): a server restarted on the same file keeps
         # its agents, which still hold the old key in their environment.
-        self.api_key = api_key or self._store.meta("api_key") or new_api_key()
-        self._store.set_meta("api_key", self.api_key)
+        # Every server on one file shares the first key stored there, so two processes that
+        # create the file at once cannot leave one of them with a key the file forgot.
+        if api_key:
+            self._store.set_meta("api_key", api_key)
+            self.api_key = api_key
+        else:
+            self.api_key = self._store.meta_setdefault("api_key", new_api_key())
         self.controller = Controller(
             self._store, wandb_dirs=default_wandb_dirs() + list(wandb_dirs or []),
             agent_timeout=agent_timeout or DEFAULT_AGENT_TIMEOUT)
@@ -69,6 +74,7 @@ class LocalServer:
         bound_host, self.port = self._httpd.server_address[:2]
         self.host = bound_host
         self.url = f"http://{bound_host}:{self.port}"
+        self.controller.server_url = self.url  # known only once bound (port 0)
         self.controller.start()
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name=f"sweep-server-{self.port}", daemon=True)

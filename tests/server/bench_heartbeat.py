@@ -99,7 +99,7 @@ def main() -> None:
         latencies.sort()
         print(f"servers={args.servers} agents={args.agents}: {len(latencies) / elapsed:.0f} heartbeats/s, "
               f"median {1000 * statistics.median(latencies):.1f} ms, "
-              f"p95 {1000 * latencies[int(0.95 * len(latencies))]:.1f} ms")
+              f"p95 {1000 * latencies[int(0.95 * len(latencies))]:.1f} ms, max {1000 * latencies[-1]:.0f} ms")
     finally:
         for proc, _, _ in servers:
             proc.terminate()
