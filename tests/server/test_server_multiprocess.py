@@ -84,3 +84,91 @@ def test_four_processes_hand_out_each_grid_point_once(tmp_path):
         assert len(set(seqs)) == len(seqs) == points  # hand-out order is one order across processes
     finally:
         check.close()
+
+
+# -- two servers on one file, one decision at a time ----------------------------------------------
+# Two Controllers with their own Store (connection) on one file decide exactly as two processes
+# would: they share nothing but the database.
+def _pair(tmp_path, timeout_a=100.0, timeout_b=5.0):
+    db = str(tmp_path / "db" / "s.sqlite3")
+    a = Controller(Store(db), server_url="http://127.0.0.1:1", agent_timeout=timeout_a)
+    b = Controller(Store(db), server_url="http://127.0.0.1:2", agent_timeout=timeout_b)
+    return a, b
+
+
+def test_a_server_reaps_another_servers_agent_only_by_its_stored_heartbeat_and_timeout(tmp_path):
+    a, b = _pair(tmp_path)
+    try:
+        sid, _ = a.create_sweep({"method": "grid", "parameters": {"x": {"values": [1, 2]}}})
+        agent = a.create_agent(sid, "h")
+        run_id = a.heartbeat(agent, "{}")[0]["run_id"]
+        a.heartbeat(agent, json.dumps({run_id: True}))
+        # B never heard this agent and its own timeout is 5 s; the agent's (A's) is 100 s.
+        assert b.reap(now=time.time() + 50) == []
+        a.store.update_agent(agent, last_seen=time.time() - 90)  # an old heartbeat …
+        a.heartbeat(agent, json.dumps({run_id: True}))  # … then A hears it: B judges by the new time
+        assert b.reap(now=time.time() + 50) == []
+        assert b.reap(now=time.time() + 101) == [agent]
+        assert b.store.run(run_id)["state"] == "ending"
+    finally:
+        a.store.close()
+        b.store.close()
+
+
+def test_a_restarted_server_gives_grace_to_its_own_agents_only(tmp_path):
+    a, b = _pair(tmp_path)
+    try:
+        sid, _ = a.create_sweep({"method": "grid", "parameters": {"x": {"values": [1, 2]}}})
+        mine, theirs = a.create_agent(sid, "h"), b.create_agent(sid, "h")
+        for agent in (mine, theirs):
+            a.store.update_agent(agent, last_seen=1000.0)
+        a.store.close()
+        again = Controller(Store(b.store.path), server_url="http://127.0.0.1:1")  # A, restarted
+        again.start()
+        try:
+            assert again.store.agent(mine)["last_seen"] > 1000.0
+            assert again.store.agent(theirs)["last_seen"] == 1000.0  # B's agent: B's business
+        finally:
+            again.close()
+            again.store.close()
+    finally:
+        b.store.close()
+
+
+def test_an_ending_run_left_by_a_dead_server_is_settled_by_another(tmp_path):
+    from sweep_magic.server.settle import ORPHAN_ENDING_S
+
+    a, b = _pair(tmp_path)
+    try:
+        sid, _ = a.create_sweep({"method": "grid", "parameters": {"x": {"values": [1, 2]}}})
+        agent = a.create_agent(sid, "h")
+        first = a.heartbeat(agent, "{}")[0]
+        a.heartbeat(agent, "{}")  # `first` left unlisted: ending, queued in A, whose finalizer never runs
+        ending_at = b.store.run(first["run_id"])["ending_at"]
+        assert b.settler.adopt_orphans(now=ending_at + 1) == []  # A is still on it
+        assert b.settler.adopt_orphans(now=ending_at + ORPHAN_ENDING_S + 1) == [first["run_id"]]
+        b.finalize(first["run_id"])
+        assert b.store.run(first["run_id"])["state"] == "reclaimed"  # no trace: it never started
+        other = b.create_agent(sid, "h")
+        assert b.heartbeat(other, "{}")[0]["args"] == first["args"]
+    finally:
+        a.store.close()
+        b.store.close()
+
+
+def test_stored_dirs_let_another_server_find_the_run_file(tmp_path):
+    db = str(tmp_path / "db" / "s.sqlite3")
+    a = Controller(Store(db), server_url="http://127.0.0.1:1", wandb_dirs=[str(tmp_path / "a_dir")])
+    b = Controller(Store(db), server_url="http://127.0.0.1:2", wandb_dirs=[str(tmp_path / "b_dir")])
+    try:
+        sid, _ = a.create_sweep({"method": "grid", "parameters": {"x": {"values": [1, 2]}}})
+        agent = a.create_agent(sid, "h")
+        run_id = a.heartbeat(agent, "{}")[0]["run_id"]
+        a.heartbeat(agent, "{}")
+        # Only A's dir holds the run's folder; B settles it by the dirs stored with the agent.
+        (tmp_path / "a_dir" / "wandb" / f"offline-run-20260101_000000-{run_id}").mkdir(parents=True)
+        b.finalize(run_id)
+        assert b.store.run(run_id)["state"] == "crashed"  # started; not reclaimed
+    finally:
+        a.store.close()
+        b.store.close()
