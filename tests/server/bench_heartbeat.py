@@ -1,11 +1,15 @@
 """Heartbeats per second from 8 concurrent agents: a quick measurement, not a test.
 
-    PYTHONPATH=. python tests/server/bench_heartbeat.py [--servers N] [--seconds S]
+    PYTHONPATH=. python tests/server/bench_heartbeat.py [--servers N] [--seconds S] [--direct]
 
 Starts N ``python -m sweep_magic.server`` processes on one fresh database and spreads 8
 agents over them; each agent is a thread with its own keep-alive connection that sends the
 steady-state Heartbeat (its run listed as running) as fast as the server answers.  Printed:
 heartbeats per second in total and the median / 95th percentile latency.
+
+``--direct``: no HTTP and no GraphQL; 8 threads of this process call ``Controller.heartbeat``
+on one controller, which isolates the cost of the store's transactions.  Start two with
+``--agents 4 --db F`` on one file to see the cost of sharing SQLite's write lock.
 """
 
 from __future__ import annotations
@@ -55,12 +59,46 @@ def start_server(db: str) -> tuple[subprocess.Popen, str, str]:
     return proc, lines["WANDB_BASE_URL"], lines["WANDB_API_KEY"]
 
 
+def direct(agents: int, seconds: float, db: str | None) -> None:
+    from sweep_magic.server.controller import Controller
+    from sweep_magic.server.store import Store
+
+    ctl = Controller(Store(db or os.path.join(tempfile.mkdtemp(prefix="hb-bench-"), "s.sqlite3")))
+    sid, _ = ctl.create_sweep({"method": "grid", "parameters": {"x": {"values": list(range(1000))}}})
+    work = []
+    for _ in range(agents):
+        agent = ctl.create_agent(sid, "bench")
+        work.append((agent, json.dumps({ctl.heartbeat(agent, "{}")[0]["run_id"]: True})))
+    counts = []
+    stop_at = time.monotonic() + seconds
+
+    def beat(agent, run_state):
+        n = 0
+        while time.monotonic() < stop_at:
+            ctl.heartbeat(agent, run_state)
+            n += 1
+        counts.append(n)
+
+    threads = [threading.Thread(target=beat, args=w) for w in work]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(f"direct agents={agents}: {sum(counts) / (time.monotonic() - t0):.0f} heartbeats/s")
+    ctl.store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--servers", type=int, default=1)
     parser.add_argument("--agents", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--direct", action="store_true")
+    parser.add_argument("--db", default=None, help="--direct: this file (run several benches on one file)")
     args = parser.parse_args()
+    if args.direct:
+        return direct(args.agents, args.seconds, args.db)
     folder = tempfile.mkdtemp(prefix="hb-bench-")
     db = os.path.join(folder, "s.sqlite3")
     servers = [start_server(db) for _ in range(args.servers)]
