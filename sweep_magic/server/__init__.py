@@ -7,9 +7,13 @@ The parts, one job each::
     httpd.py          HTTP: auth, size limits, routing      (ThreadingHTTPServer)
     graphql_core.py   GraphQL request → dict                 (graphql-core, schema.py's SDL)
     controller.py     sweep decisions                        (W&B's `sweeps` engine)
+    settle.py         runs nobody reported, silent agents    (finalizer and reaper threads)
     store.py          SQLite file                            (0600 file, 0700 folder, WAL)
     results_reader.py results of unhooked runs               (wandb-core's .wandb reader)
     __main__.py       `python -m sweep_magic.server`
+
+Any number of servers (kernels, scripts, the CLI) may open one database at once: each decision
+is one SQLite transaction, so each grid point still runs once (docs/server.md).
 """
 
 from __future__ import annotations

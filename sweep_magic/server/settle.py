@@ -79,12 +79,12 @@ def look_on_disk(run_id: str, dirs: list[str]):
     though its result cannot be read, or ``(None, None)``: no trace of the run on disk."""
     try:
         path = results_reader.find_run_file(run_id, dirs)
-    except Exception as err:  # cannot even search: no proof it never started
+    except Exception as err:  # noqa: BLE001 - cannot even search: no proof it never started
         return None, f"its run file could not be searched for ({err})"
     if path is not None:
         try:
             return results_reader.read_run_file(path), None
-        except Exception as err:  # any reader failure: the run exists, its result is unknown
+        except Exception as err:  # noqa: BLE001 - any reader failure: the run exists, its result is unknown
             log.warning("run %s: cannot read its run file %s; its result is unknown: %s", run_id, path, err)
             return None, f"its run file could not be read ({str(err)[:300]})"
     folder = run_folder(run_id, dirs)

@@ -14,6 +14,7 @@ import sys
 import time
 
 from server_helpers import REPO
+
 from sweep_magic.server.controller import Controller
 from sweep_magic.server.store import Store
 

@@ -12,8 +12,20 @@ import signal
 import sys
 import time
 
-from server_helpers import (PYAGENT, WORKER, agent_env, graphql, offline_run_dirs, reap, start, start_server,
-                            tail, wait_all, write_script)
+from server_helpers import (
+    PYAGENT,
+    WORKER,
+    agent_env,
+    graphql,
+    offline_run_dirs,
+    reap,
+    start,
+    start_server,
+    tail,
+    wait_all,
+    write_script,
+)
+
 from sweep_magic._proc import kill_group
 from sweep_magic.server.store import Store
 

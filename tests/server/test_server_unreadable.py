@@ -10,12 +10,20 @@ themselves; nothing in the server is patched.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import pytest
+from server_helpers import (
+    agent_env,
+    graphql,
+    offline_run_dirs,
+    reap,
+    start,
+    tail,
+    wait_all,
+    write_script,
+)
 
-from server_helpers import PYAGENT, agent_env, graphql, offline_run_dirs, reap, start, tail, wait_all, write_script
 from sweep_magic.server import serve
 from sweep_magic.server.controller import Controller
 from sweep_magic.server.store import Store
@@ -151,7 +159,7 @@ def test_a_late_finish_report_replaces_the_unknown_result(ctl, tmp_path):
 
 
 def test_only_a_run_without_any_trace_is_reclaimed(ctl, tmp_path):
-    sid, agent, run_id = _handed_out_and_gone(ctl, {"method": "grid", "parameters": {"x": {"values": [1, 2]}}})
+    _, _, run_id = _handed_out_and_gone(ctl, {"method": "grid", "parameters": {"x": {"values": [1, 2]}}})
     # A folder of another run whose id merely ends the same way is not this run's.
     (tmp_path / "wd" / "wandb" / f"offline-run-20260101_000000-x{run_id}").mkdir(parents=True)
     ctl.finalize(run_id)
