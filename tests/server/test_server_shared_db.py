@@ -51,7 +51,7 @@ def _runs(db: str, sid: str) -> tuple[list[dict], dict, list[dict]]:
 
 
 def _brief(runs: list[dict]) -> list[tuple]:
-    return [(r["id"], r["agent_id"], _point(r), r["state"], r["exit_code"], r["note"], r["summary"].get("loss"))
+    return [(r["id"], r["agent_id"], _point(r), r["state"], r["exit_code"], r.get("note"), r["summary"].get("loss"))
             for r in runs]
 
 
@@ -155,3 +155,58 @@ def test_sigkilled_server_does_not_strand_the_other_servers_agents(tmp_path):
         assert on_disk == sorted(r["id"] for r in runs), (on_disk, runs)
     finally:
         reap(procs)
+
+
+KERNEL = """
+import json, os, sys, time
+import wandb
+import sweep_magic
+from sweep_magic import api
+
+def train():
+    with wandb.init() as run:
+        time.sleep(1.5)  # long enough that kernel B is up before kernel A is through the grid
+        run.log({"loss": float(run.config.x) ** 2})
+
+role, sid_file = sys.argv[1], sys.argv[2]
+if role == "A":
+    config = {"method": "grid", "metric": {"name": "loss", "goal": "minimize"},
+              "parameters": {"x": {"values": [0, 1, 2, 3]}, "y": {"values": ["a", "b", "c"]}}}
+    sid = sweep_magic.local_sweep(config, project="p")
+    with open(sid_file + ".tmp", "w") as f:
+        f.write(sid)
+    os.replace(sid_file + ".tmp", sid_file)
+else:
+    while not os.path.exists(sid_file):
+        time.sleep(0.1)
+    sid = open(sid_file).read()
+session = api.launch(train, sid, cpus=2)
+ok = session.wait(timeout=240)
+session.stop()
+print(json.dumps({"ok": ok, "server": sweep_magic.local_server().url,
+                  "runs": [r["config"] for r in session.results()]}))
+"""
+
+
+def test_two_kernels_with_their_own_servers_share_one_sweep(tmp_path):
+    """The issue as reported: two kernels, each with its embedded server on the same
+    SWEEP_MAGIC_HOME, run agents on one local sweep; 12 grid points give 12 runs."""
+    home, script = tmp_path / "home", write_script(tmp_path / "kernel.py", KERNEL)
+    env = agent_env({}, tmp_path / "unused", SWEEP_MAGIC_HOME=home)
+    env.pop("WANDB_DIR")
+    sid_file = str(tmp_path / "sweep_id")
+    kernels = [start([sys.executable, script, role, sid_file], env, tmp_path, tmp_path / f"kernel{role}.log")
+               for role in "AB"]
+    try:
+        codes = wait_all(kernels, 280)
+        names = ["kernelA.log", "kernelB.log"]
+        assert codes == [0, 0], _logs(tmp_path, names)
+        outs = [json.loads(tail(tmp_path / n).strip().splitlines()[-1]) for n in names]
+        assert all(o["ok"] for o in outs) and outs[0]["server"] != outs[1]["server"], outs
+        assert all(o["runs"] for o in outs), outs  # both kernels ran part of the grid
+        sid = open(sid_file).read()
+        runs, sweep, _ = _runs(str(home / "server.sqlite3"), sid)
+        assert len(runs) == 12 and len({_point(r) for r in runs}) == 12, _brief(runs)
+        assert {r["state"] for r in runs} == {"finished"} and sweep["state"] == "FINISHED"
+    finally:
+        reap(kernels)
