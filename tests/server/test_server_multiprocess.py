@@ -173,3 +173,26 @@ def test_stored_dirs_let_another_server_find_the_run_file(tmp_path):
     finally:
         a.store.close()
         b.store.close()
+
+
+def test_a_file_written_by_an_earlier_version_gains_the_new_columns(tmp_path):
+    import sqlite3
+
+    from sweep_magic.server import store as store_module
+
+    db = str(tmp_path / "old.sqlite3")
+    old = sqlite3.connect(db)
+    for statement in store_module._SCHEMA:  # the first release's tables, without later columns
+        old.execute(statement)
+    old.execute("INSERT INTO agents (id, sweep_id, host, created_at, last_seen) VALUES ('a1', 's', 'h', 1, 1)")
+    old.commit()
+    old.close()
+    ctl = Controller(Store(db))
+    try:
+        assert ctl.store.agent("a1")["server_url"] is None and ctl.store.agent("a1")["timeout_s"] is None
+        sid, _ = ctl.create_sweep({"method": "grid", "parameters": {"x": {"values": [1]}}})
+        agent = ctl.create_agent(sid, "h")
+        run = ctl.heartbeat(agent, "{}")[0]["run_id"]
+        assert ctl.store.run(run)["note"] is None and ctl.store.sweep(sid)["early_stop_due"] == 1
+    finally:
+        ctl.store.close()
