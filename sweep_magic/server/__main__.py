@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", default=None, help=f"SQLite file (default: {default_db_path()})")
     parser.add_argument("--wandb-dir", action="append", default=[], metavar="DIR",
                         help="also look here for run files of agents that cannot report (repeatable)")
+    parser.add_argument("--agent-timeout", type=float, default=None, metavar="SECONDS",
+                        help="silence after which an agent that never said hello is gone (default: 75)")
     parser.add_argument("--log-level", default="WARNING")
 
 
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    server = serve(args.host, args.port, args.db, wandb_dirs=args.wandb_dir)
+    server = serve(args.host, args.port, args.db, wandb_dirs=args.wandb_dir, agent_timeout=args.agent_timeout)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

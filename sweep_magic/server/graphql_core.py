@@ -167,7 +167,7 @@ class GraphQLCore:
             "createdAt": _iso(run["created_at"]), "shouldStop": bool(run["should_stop"]),
             "failed": state in ("failed", "crashed"), "stopped": state == "killed",
             "running": state in ("running", "pending"), "tags": [], "group": None, "jobType": None,
-            "commit": None, "readOnly": False, "description": None, "notes": None,
+            "commit": None, "readOnly": False, "description": None, "notes": run.get("note"),
             "user": {"name": "local", "username": "local"},
         }
 
