@@ -114,6 +114,8 @@ def launch(
                            local=target.local)
     with _sessions_lock:
         _sessions.append(session)
+    if target.local:
+        _release_idle_agents_when_done(session, changes, target.sweep_id)
     try:
         supervisor.start()
     except BaseException:
@@ -122,6 +124,36 @@ def launch(
             _sessions.remove(session)
         raise
     return session
+
+
+def _release_idle_agents_when_done(session: SweepSession, changes: Subscribers, sweep_id: str) -> None:
+    """Let idle agents go the moment the local sweep has nothing left, rather than at their
+    next heartbeat: the server is in this process and says so when a run ends.  (A W&B sweep
+    gives no such word; its agents leave on their next heartbeat, as with wandb agent.)"""
+    from sweep_magic.server import local_server
+
+    changed = threading.Event()
+    remove = changes.add(changed.set)
+
+    def watch() -> None:
+        try:
+            while not session.done:
+                changed.wait(0.5)  # a run's end reaches the server's finalizer a moment later
+                changed.clear()
+                snap = session.snapshot()
+                idle = [a.index for a in snap.agents if a.state == "idle"]
+                if not idle or all(r.state == "running" for r in snap.runs):
+                    continue
+                if local_server().nothing_left(sweep_id):
+                    for index in idle:
+                        session.drain_agent(index)  # idle: it exits at once, as on "exit"
+                    return
+        except Exception:  # noqa: BLE001 - an optimisation: the heartbeat's exit still comes
+            return
+        finally:
+            remove()
+
+    threading.Thread(target=watch, name=f"sweep-magic-{session.id}-release", daemon=True).start()
 
 
 def sessions() -> list[SweepSession]:

@@ -109,6 +109,10 @@ class LocalServer:
         """The sweep's row: ``config``, ``state``, ``entity``, ``project``, ..."""
         return dict(self.controller.sweep(sweep_id))
 
+    def nothing_left(self, sweep_id: str) -> bool:
+        """True when the sweep will hand out no more runs and none is in flight."""
+        return self.controller.nothing_left(sweep_id)
+
     def sweep_state(self, sweep_id: str) -> str:
         return self.controller.sweep(sweep_id)["state"]
 

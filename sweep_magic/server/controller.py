@@ -202,6 +202,14 @@ class Controller:
             return [{"type": "exit"}]
         return []
 
+    def nothing_left(self, sweep_id: str) -> bool:
+        """True when no agent will get another run of this sweep: what ``exit`` is sent for.
+        (May mark the sweep FINISHED, as a heartbeat would.)"""
+        sweeps_engine()  # never imported while holding the write lock
+        with self.store.transaction():
+            sweep = self.store.sweep(sweep_id)
+            return sweep is not None and self._agents_may_exit(sweep)
+
     def _agents_may_exit(self, sweep: dict) -> bool:
         if sweep["state"] in ("CANCELED", "FINISHED"):
             return True
