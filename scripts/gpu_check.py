@@ -186,7 +186,7 @@ def main() -> int:
     for step in (check_inventory_and_busy, check_placement_and_release, check_uuid_visible_devices):
         try:
             step()
-        except Exception as err:  # a broken step must not hide the others' figures
+        except Exception as err:  # noqa: BLE001 - a broken step must not hide the others' figures
             check(step.__name__, False, error=repr(err))
     sweep_magic.stop_all()
     sweep_magic.local_server().stop()

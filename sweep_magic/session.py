@@ -38,7 +38,7 @@ class Subscribers:
         for callback in callbacks:
             try:
                 callback()
-            except Exception:  # a broken view must not break supervision
+            except Exception:  # noqa: BLE001 - a broken view must not break supervision
                 pass
 
 

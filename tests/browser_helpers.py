@@ -90,7 +90,7 @@ class JupyterLab:
         return f"{self.base}{path}?token={self.token}"
 
     # -- lifetime
-    def __enter__(self) -> "JupyterLab":
+    def __enter__(self) -> JupyterLab:
         home = self.root.parent / "jupyter-home"
         for sub in ("config", "runtime", "settings", "workspaces"):
             (home / sub).mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,8 @@ handling are decided once.
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 
 class AgentProcess(Protocol):

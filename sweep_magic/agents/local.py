@@ -211,7 +211,7 @@ def report_lost_run(spec, run_id: str, state: str, code: int) -> None:
         return
     try:
         sidechannel.report_finish(spec.report_url, spec.env.get("WANDB_API_KEY", ""), run_id, state=state, exit_code=code)
-    except Exception:
+    except Exception:  # noqa: BLE001 - best effort: the server settles the run from missed heartbeats
         pass  # the server settles it from missed heartbeats instead
 
 

@@ -34,7 +34,7 @@ import queue
 import signal
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from sweep_magic.agents.backend import AgentProcess, Backend
 from sweep_magic.agents.local import LocalBackend, describe_exit, wait_until
@@ -267,7 +267,7 @@ class Supervisor:
                     spec = self._spec_for_slot(agent.slot)
                     header = f"[sweep_magic] agent {agent.index} ({agent.slot.label}) starting"
                     proc = self._backend.start(spec, log_path=agent.log_path, header=header)
-                except Exception as err:
+                except Exception as err:  # noqa: BLE001 - whatever stops a start is the agent's failure, shown in its row
                     self._end(agent, "failed", f"could not start: {type(err).__name__}: {err}")
                     self._changed()
                 else:
@@ -436,7 +436,7 @@ class Supervisor:
         if pending and self._on_change is not None:
             try:
                 self._on_change()
-            except Exception:
+            except Exception:  # noqa: BLE001 - a broken subscriber must not kill a reader or waiter thread
                 pass  # a broken subscriber must not kill a reader or waiter thread
 
     # ------------------------------------------------------------------ logs and snapshots

@@ -131,7 +131,7 @@ def load_function(ref: str):
         if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
             raise UsageError(f"--function {ref}: no module {module_name!r} in {here} or on PYTHONPATH") from None
         raise UsageError(f"--function {ref}: importing {module_name} failed: {_one_line(err)}") from None
-    except Exception as err:  # the user's module raised at import (SyntaxError included)
+    except Exception as err:  # noqa: BLE001 - the user's module raised at import (SyntaxError included)
         raise UsageError(f"--function {ref}: importing {module_name} failed: {_one_line(err)}") from None
     value = module
     for part in attr.split("."):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 # Per-run and per-process wandb state a kernel may hold after touching wandb.
 STALE = (

@@ -30,8 +30,16 @@ import string
 import time
 from collections import Counter
 
-from sweep_magic.server.config import (SWEEP_STATES, BadInput, NotFound, jsonable, point_key, split_config,
-                                       sweeps_engine, validate_config)
+from sweep_magic.server.config import (
+    SWEEP_STATES,
+    BadInput,
+    NotFound,
+    jsonable,
+    point_key,
+    split_config,
+    sweeps_engine,
+    validate_config,
+)
 from sweep_magic.server.settle import MAX_RECLAIMS_PER_POINT, Settler  # noqa: F401 (re-exported)
 from sweep_magic.server.store import ACTIVE_RUN_STATES, Store
 

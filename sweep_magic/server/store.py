@@ -20,7 +20,8 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 # One statement per item: executescript() would commit the transaction they run in.
 _SCHEMA = (

@@ -21,7 +21,6 @@ import time
 
 import nbformat
 import pytest
-
 from browser_helpers import JupyterLab, Steps, chromium, require_chromium, run_command, screenshot, wait_kernel_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
