@@ -28,6 +28,8 @@ raises ``ResultsReaderError``: a result is complete and correct, or there is non
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import glob
 import json
 import logging
@@ -35,6 +37,7 @@ import os
 import struct
 import threading
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -145,38 +148,47 @@ def find_run_file(run_id: str, dirs: list[str]) -> str | None:
     return max(found, key=lambda p: os.stat(p).st_mtime)
 
 
-def iter_records(data: bytes):
-    """Yield ``(end_offset, payload)`` for each complete record of a ``.wandb`` file's bytes.
+def iter_records(data: bytes, base: int = 0):
+    """Yield ``(end_offset, payload)`` for each complete record in ``data``, the bytes of a
+    ``.wandb`` file from offset ``base`` on (0: the whole file; else the end of a record read
+    before, so an incremental read continues where the last one stopped).
 
     Stops quietly at a torn tail (a chunk or a multi-chunk record cut off by the end of the
     data); raises ``ResultsReaderError`` for damage anywhere else."""
-    if len(data) < _HEADER_LEN:
-        return  # created, header not written yet
-    if data[:_HEADER_LEN] != _HEADER:
-        ident, magic, version = struct.unpack("<4sHB", data[:_HEADER_LEN])
-        raise ResultsReaderError(
-            f"not a .wandb file of a known format (ident={ident!r}, magic={magic:#x}, version={version})")
-    pos, size = _HEADER_LEN, len(data)
+    size = base + len(data)
+    if base == 0:
+        if len(data) < _HEADER_LEN:
+            return  # created, header not written yet
+        if data[:_HEADER_LEN] != _HEADER:
+            ident, magic, version = struct.unpack("<4sHB", data[:_HEADER_LEN])
+            raise ResultsReaderError(
+                f"not a .wandb file of a known format (ident={ident!r}, magic={magic:#x}, version={version})")
+        pos = _HEADER_LEN
+    elif base < _HEADER_LEN:
+        raise ValueError("base must be 0 or the end of a record")
+    else:
+        pos = base
+    # Offsets are absolute (blocks are 32 KiB from the start of the file); data[pos - base].
     pending: list[bytes] | None = None  # the chunks of a FIRST..LAST record so far
     while True:
         left = _BLOCK - pos % _BLOCK
         if left < _CHUNK_HEADER.size:  # a block's last bytes, too few for a chunk: zero padding
-            pad = data[pos:pos + left]
+            pad = data[pos - base:pos - base + left]
             if pad.strip(b"\0"):
                 raise ResultsReaderError(f"non-zero block padding at offset {pos}")
             pos += left
             continue
         if pos + _CHUNK_HEADER.size > size:
             return  # end of data (or a torn chunk header)
-        crc, length, kind = _CHUNK_HEADER.unpack_from(data, pos)
+        crc, length, kind = _CHUNK_HEADER.unpack_from(data, pos - base)
         end = pos + _CHUNK_HEADER.size + length
         if end > size:
             return  # torn chunk: the writer has not finished it (or never will)
         if kind not in _TYPE_CRC or length > left - _CHUNK_HEADER.size:
-            if kind == 0 and length == 0 and crc == 0 and not data[pos:size].strip(b"\0"):
+            if kind == 0 and length == 0 and crc == 0 and not data[pos - base:].strip(b"\0"):
                 return  # zeros to the end: space allocated, not yet written
             raise ResultsReaderError(f"bad chunk (type {kind}, length {length}) at offset {pos}")
-        payload = data[pos + _CHUNK_HEADER.size:end]
+        payload = data[pos - base + _CHUNK_HEADER.size:end - base]
         if zlib.crc32(payload, _TYPE_CRC[kind]) != crc:
             if end == size:
                 return  # the very last chunk, torn while we read it
@@ -216,11 +228,10 @@ def _del_nested(target: dict, path: list[str]) -> None:
     target.pop(path[-1], None)
 
 
-def parse_run_bytes(data: bytes, path: str = "", *, run_id: str | None = None, ended: bool = False) -> RunFileResult:
-    """Parse a ``.wandb`` file's bytes (see ``read_run_file``)."""
+def _parse_into(result: RunFileResult, data: bytes, base: int) -> None:
+    """Apply the complete records in ``data`` (file bytes from ``base`` on) to ``result``."""
     Record = _Record()
-    result = RunFileResult(path=path, ended=ended)
-    for end, payload in iter_records(data):
+    for end, payload in iter_records(data, base):
         record = Record()
         try:
             record.ParseFromString(payload)
@@ -242,28 +253,67 @@ def parse_run_bytes(data: bytes, path: str = "", *, run_id: str | None = None, e
                 result.run_id = record.run.run_id or result.run_id
                 result.sweep_id = record.run.sweep_id or result.sweep_id
         except Exception as err:  # protobuf's DecodeError (not a ValueError in protobuf 7), bad JSON
-            raise ResultsReaderError(f"cannot parse the record ending at offset {end} of {path}: {err}") from err
+            raise ResultsReaderError(
+                f"cannot parse the record ending at offset {end} of {result.path}: {err}") from err
         result.records += 1
         result.bytes_read = end
-    result.summary.pop("_wandb", None)  # wandb's bookkeeping (runtime), not the user's
+
+
+def _finish(acc: RunFileResult, *, run_id: str | None, ended: bool) -> RunFileResult:
+    """A copy for the caller (the accumulator stays private to the cache)."""
+    summary = copy.deepcopy(acc.summary)
+    summary.pop("_wandb", None)  # wandb's bookkeeping (runtime), not the user's
+    result = dataclasses.replace(acc, history=[dict(row) for row in acc.history], summary=summary, ended=ended)
     if run_id is not None and result.run_id is not None and result.run_id != run_id:
-        raise ResultsReaderError(f"{path} belongs to run {result.run_id!r}, not {run_id!r}")
+        raise ResultsReaderError(f"{result.path} belongs to run {result.run_id!r}, not {run_id!r}")
     return result
 
 
-def read_run_file(path: str, *, run_id: str | None = None, ended: bool = False) -> RunFileResult:
+def parse_run_bytes(data: bytes, path: str = "", *, run_id: str | None = None, ended: bool = False) -> RunFileResult:
+    """Parse a whole ``.wandb`` file's bytes (see ``read_run_file``)."""
+    acc = RunFileResult(path=path)
+    _parse_into(acc, data, 0)
+    return _finish(acc, run_id=run_id, ended=ended)
+
+
+# Live reading is incremental: the controller re-reads every running run's file every 2 s for
+# hyperband, and a long run's file holds ~3 records per logged step (~11 us each to parse), so
+# each read continues from the end of the last complete record it saw.  One lock for all reads:
+# they are short, and an accumulator must never be advanced by two threads at once.
+_CACHE_MAX = 256
+_cache: OrderedDict[str, tuple[tuple[int, int], RunFileResult]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def read_run_file(path: str, *, run_id: str | None = None, ended: bool = False, keep: bool = True) -> RunFileResult:
     """History rows (in order), merged summary and exit code of one ``.wandb`` file.
 
     ``run_id``: check the file's run record names this run.  ``ended``: the caller knows the
     writer has stopped, so a missing exit record means ``crashed`` rather than ``running``.
+    ``keep``: remember how far the file was read, so the next read of it parses only what was
+    appended (``False`` for a last read: the entry is dropped).
     Raises ``ResultsReaderError`` when the file cannot be read or is damaged."""
     path = os.path.abspath(path)
-    try:
-        with open(path, "rb") as f:  # read-only: the writer may still be appending
-            data = f.read()
-    except OSError as err:
-        raise ResultsReaderError(f"cannot read run file {path}: {err}") from err
-    return parse_run_bytes(data, path, run_id=run_id, ended=ended)
+    with _cache_lock:
+        try:
+            with open(path, "rb") as f:  # read-only: the writer may still be appending
+                st = os.fstat(f.fileno())
+                ident = (st.st_dev, st.st_ino)
+                cached = _cache.pop(path, None)
+                if cached is not None and cached[0] == ident and st.st_size >= cached[1].bytes_read:
+                    acc = cached[1]
+                else:  # new, or replaced/truncated: start over
+                    acc = RunFileResult(path=path)
+                f.seek(acc.bytes_read)
+                data = f.read()
+        except OSError as err:
+            raise ResultsReaderError(f"cannot read run file {path}: {err}") from err
+        _parse_into(acc, data, acc.bytes_read)  # on an error the entry stays dropped
+        if keep:
+            _cache[path] = (ident, acc)
+            while len(_cache) > _CACHE_MAX:
+                _cache.popitem(last=False)
+        return _finish(acc, run_id=run_id, ended=ended)
 
 
 def lookup(run_id: str, dirs: list[str], *, live: bool = False) -> RunFileResult | None:
@@ -272,8 +322,9 @@ def lookup(run_id: str, dirs: list[str], *, live: bool = False) -> RunFileResult
     Returns ``None`` only when no run file exists.  A file that exists but cannot be read raises
     ``ResultsReaderError`` (never a guess: the caller must not take it for "never started").
     ``live``: the run may still be writing, so a missing exit record means ``running``;
-    otherwise the caller says the run is over and a missing exit record means ``crashed``."""
+    otherwise the caller says the run is over and a missing exit record means ``crashed``
+    (and the file's read position is forgotten: it is not read again)."""
     path = find_run_file(run_id, dirs)
     if path is None:
         return None
-    return read_run_file(path, run_id=run_id, ended=not live)
+    return read_run_file(path, run_id=run_id, ended=not live, keep=live)

@@ -213,6 +213,35 @@ def test_every_truncation_reads_a_prefix(runs):
         _rows_ok(res.history, len(res.history))
 
 
+def test_incremental_reads_equal_whole_reads(runs, tmp_path):
+    """A file read again as it grows (how the controller polls a live run) gives what a fresh read
+    of the same bytes gives; a replaced or shrunk file is read from the start."""
+    data = open(runs.file("ok"), "rb").read()
+    path = tmp_path / "run-grow.wandb"
+    path.write_bytes(b"")
+    rng = random.Random(1)
+    cuts = sorted({rng.randrange(len(data)) for _ in range(25)} | {3, 7, 32768, 32769, len(data)})
+    done = 0
+    with open(path, "ab") as f:
+        for cut in cuts:
+            f.write(data[done:cut])
+            f.flush()
+            done = cut
+            got = rr.read_run_file(str(path))
+            want = rr.parse_run_bytes(data[:cut], str(path))
+            assert (got.history, got.summary, got.exit_code, got.records, got.bytes_read) == (
+                want.history, want.summary, want.exit_code, want.records, want.bytes_read), cut
+    got.history[0]["loss"] = "changed by the caller"  # results are copies: the cache is not touched
+    assert rr.read_run_file(str(path)).history[0]["loss"] == 1.0
+    path.write_bytes(data[:40000])  # truncated in place: shorter than what was read
+    assert rr.read_run_file(str(path)).records == rr.parse_run_bytes(data[:40000]).records
+    other = tmp_path / "other.wandb"  # a different file (inode) under the same name
+    other.write_bytes(open(runs.file("fail"), "rb").read())
+    os.replace(other, path)
+    again = rr.read_run_file(str(path), ended=True)
+    assert again.state == "failed" and again.run_id == runs.run_id("fail") and len(again.history) == ROWS
+
+
 def test_damage_before_the_end_is_an_error(runs, tmp_path):
     data = bytearray(open(runs.file("ok"), "rb").read())
     bad = bytearray(data)
