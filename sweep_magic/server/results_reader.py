@@ -8,22 +8,23 @@ LevelDB-log framing (32 KiB blocks of CRC-checked chunks), each record a protobu
 Why we frame the file ourselves instead of asking wandb to read it (measured, see
 docs/wandb-versions.md):
 
-* ``wandb-core leet inspect --json`` is a terminal UI in 0.28-0.30 ("could not open TTY")
-  and missing in older versions, so the server took every run for "never started".
-* wandb's Python reader (``wandb/sdk/internal/datastore.py: DataStore``) exists in 0.25-0.28
-  but was deleted by 0.31; it also opens the file read-write, checks with ``assert`` (gone
-  under ``python -O``) and fails on the torn tail of a file that is still being written.
-* The framing itself has not changed since 2020: every version from 0.25 to 0.31 writes
-  header version 0 with the same chunk CRC (zlib CRC-32 seeded with the chunk type), and
-  ``wandb sync`` must read files written by older releases, so wandb cannot change it
-  without bumping that version byte, which we check.  The records are parsed with the
-  installed wandb's own protobuf class, the one that wrote them.
+* ``wandb-core leet inspect --json`` works only from 0.31: it exits 1 in 0.25-0.29
+  (no ``inspect`` in 0.25 and 0.28) and opens a terminal UI in 0.30 ("could not open TTY");
+  the old reader took every such failure for "never started", and the point was re-issued.
+* wandb's Python reader (``wandb/sdk/internal/datastore.py: DataStore``) exists in 0.25-0.29
+  and is gone from 0.30; it also opens the file read-write, checks with ``assert`` (gone under
+  ``python -O``) and fails on the torn tail of a file that is still being written.
+* The framing is the same in every version checked (0.25-0.31) and the same as that Python
+  reader's constants: header version 0, chunk CRC = zlib CRC-32 seeded with the chunk type.
+  ``wandb sync`` must read files written by older releases, so wandb cannot change it without
+  bumping that version byte, which we check.  The records are parsed with the installed
+  wandb's own protobuf class; fields newer than 0.25 are used only where they exist.
 
 Reading is tolerant at the end of the file only: wandb-core appends whole 32 KiB blocks while
-a run is alive (a SIGKILLed run's file ends on a block boundary) and the last, partial block
-at close, so a file may end in the middle of a chunk; we stop at the last complete record.
-Anything wrong *before* the end (bad CRC, bad chunk order, bad padding, unparseable record)
-raises ``ResultsReaderError``: a result is complete and correct, or there is none.
+a run is alive and the last, partial block at close (or, sometimes, when its owner dies), so a
+file may end in the middle of a chunk; we stop at the last complete record.  Anything wrong
+*before* the end (bad CRC, bad chunk order, bad padding, unparseable record) raises
+``ResultsReaderError``: a result is complete and correct, or there is none.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class ResultsReaderError(RuntimeError):
 # can move into the wandb adapter as one piece.  Checked against 0.25.1, 0.28.2 and 0.31.0.
 # =============================================================================================
 
-# The on-disk format (wandb/sdk/internal/datastore.py in <= 0.28; wandb-core's store in Go).
+# The on-disk format (wandb/sdk/internal/datastore.py in <= 0.29; wandb-core's store in Go).
 _HEADER = struct.pack("<4sHB", b":W&B", 0xBEE1, 0)  # ident, magic, format version 0
 _HEADER_LEN = 7
 _BLOCK = 32768
