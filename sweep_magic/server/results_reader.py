@@ -106,6 +106,25 @@ def _exit_is_final(exit_record) -> bool:
     writer that finished without marking the run finished) is set."""
     return not getattr(exit_record, "not_complete", False)
 
+
+def _decode(payload: bytes):
+    """One record as plain data: ``("history", {key: value})``, ``("summary", (updates, removes))``
+    with ``[(key_path, value)]`` and ``[key_path]``, ``("exit", exit_code)`` (only a final exit),
+    ``("run", (run_id, sweep_id))``, or ``(None, None)`` for every other record type."""
+    record = _Record()()
+    record.ParseFromString(payload)
+    kind = record.WhichOneof("record_type")
+    if kind == "history":
+        return kind, {".".join(_item_key(item)): _item_value(item) for item in record.history.item}
+    if kind == "summary":
+        updates = [(_item_key(item), _item_value(item)) for item in record.summary.update]
+        return kind, (updates, [_item_key(item) for item in record.summary.remove])
+    if kind == "exit":
+        return (kind, int(record.exit.exit_code)) if _exit_is_final(record.exit) else (None, None)
+    if kind == "run":
+        return kind, (record.run.run_id or None, record.run.sweep_id or None)
+    return None, None
+
 # ============================================ end of the wandb-private surface ===============
 
 
@@ -231,31 +250,27 @@ def _del_nested(target: dict, path: list[str]) -> None:
 
 def _parse_into(result: RunFileResult, data: bytes, base: int) -> None:
     """Apply the complete records in ``data`` (file bytes from ``base`` on) to ``result``."""
-    Record = _Record()
     for end, payload in iter_records(data, base):
-        record = Record()
         try:
-            record.ParseFromString(payload)
-            kind = record.WhichOneof("record_type")
-            if kind == "history":
-                row = {}
-                for item in record.history.item:
-                    row[".".join(_item_key(item))] = _item_value(item)
-                result.history.append(row)
-            elif kind == "summary":
-                for item in record.summary.update:
-                    _set_nested(result.summary, _item_key(item), _item_value(item))
-                for item in record.summary.remove:
-                    _del_nested(result.summary, _item_key(item))
-            elif kind == "exit":
-                if _exit_is_final(record.exit):
-                    result.exit_code = int(record.exit.exit_code)
-            elif kind == "run":
-                result.run_id = record.run.run_id or result.run_id
-                result.sweep_id = record.run.sweep_id or result.sweep_id
+            kind, value = _decode(payload)
+        except ResultsReaderError:
+            raise
         except Exception as err:  # protobuf's DecodeError (not a ValueError in protobuf 7), bad JSON
             raise ResultsReaderError(
                 f"cannot parse the record ending at offset {end} of {result.path}: {err}") from err
+        if kind == "history":
+            result.history.append(value)
+        elif kind == "summary":
+            updates, removes = value
+            for key_path, item in updates:
+                _set_nested(result.summary, key_path, item)
+            for key_path in removes:
+                _del_nested(result.summary, key_path)
+        elif kind == "exit":
+            result.exit_code = value
+        elif kind == "run":
+            result.run_id = value[0] or result.run_id
+            result.sweep_id = value[1] or result.sweep_id
         result.records += 1
         result.bytes_read = end
 
