@@ -9,7 +9,7 @@ The parts, one job each::
     controller.py     sweep decisions                        (W&B's `sweeps` engine)
     settle.py         runs nobody reported, silent agents    (finalizer and reaper threads)
     store.py          SQLite file                            (0600 file, 0700 folder, WAL)
-    results_reader.py results of unhooked runs               (wandb-core's .wandb reader)
+    results_reader.py results of unhooked runs               (our own .wandb framing + wandb's Record protobuf)
     __main__.py       `python -m sweep_magic.server`
 
 Any number of servers (kernels, scripts, the CLI) may open one database at once: each decision

@@ -83,7 +83,8 @@ def look_on_disk(run_id: str, dirs: list[str]):
         return None, f"its run file could not be searched for ({err})"
     if path is not None:
         try:
-            return results_reader.read_run_file(path), None
+            # The run is over: no exit record means it died (crashed), not "still running".
+            return results_reader.read_run_file(path, run_id=run_id, ended=True, keep=False), None
         except Exception as err:  # noqa: BLE001 - any reader failure: the run exists, its result is unknown
             log.warning("run %s: cannot read its run file %s; its result is unknown: %s", run_id, path, err)
             return None, f"its run file could not be read ({str(err)[:300]})"
@@ -263,7 +264,13 @@ class Settler:
                 todo.append((run["id"], sweep_id, metric, search_dirs(agent, self.ctl.wandb_dirs)))
         updated = 0
         for run_id, sweep_id, metric, dirs in todo:
-            found = results_reader.lookup(run_id, dirs, live=True)  # outside any transaction
+            try:
+                found = results_reader.lookup(run_id, dirs, live=True)  # outside any transaction
+            except results_reader.ResultsReaderError as err:
+                # Live history is for hyperband only: a damaged file skips this poll, and the
+                # run's end is settled (as "result unknown") when it ends.
+                log.warning("run %s: live history unreadable: %s", run_id, err)
+                continue
             if found is None:
                 continue
             rows = [keep_metric(r, metric) for r in found.history]
