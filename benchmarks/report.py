@@ -52,6 +52,12 @@ def targets(out: dict) -> list[tuple[str, str, str, str]]:
                      f"{_f(warm.get('max_s'), ' s')}; cold {_f(cold.get('median_s'), ' s')}, "
                      f"warm/cold {_f(start.get('warm_over_cold'))})",
                      _f(v, " s"), "≤ 1.0 s", _verdict(None if v is None else v <= 1.0)))
+    load = b.get("server_load", {})
+    if load.get("p99_ms") is not None:
+        v = load["p99_ms"]
+        rows.append((f"server: heartbeat reply p99 with {load['agents']} agents at 1/s "
+                     f"(p50 {_f(load.get('p50_ms'), ' ms', 1)}, {load.get('errors')} errors)",
+                     _f(v, " ms", 1), "≤ 50 ms", _verdict(v <= 50 and not load.get("errors"))))
     flood = b.get("kernel_flood", {})
     if flood.get("flood"):
         v = flood["flood"].get("p99_ms")

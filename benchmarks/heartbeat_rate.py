@@ -1,6 +1,9 @@
-"""Heartbeats per second from 8 concurrent agents: a quick measurement, not a test.
+"""Heartbeats per second from 8 concurrent agents, as fast as the server answers (throughput).
 
-    PYTHONPATH=. python tests/server/bench_heartbeat.py [--servers N] [--seconds S] [--direct]
+Not in ``python -m benchmarks``: a tool for the store's transaction cost (``--direct``) and for
+several servers on one file.  ``server_load.py`` measures latency under a realistic load.
+
+    python -m benchmarks.heartbeat_rate [--servers N] [--seconds S] [--direct]
 
 Starts N ``python -m sweep_magic.server`` processes on one fresh database and spreads 8
 agents over them; each agent is a thread with its own keep-alive connection that sends the
