@@ -187,6 +187,9 @@ class Bench:
             import sweep_magic
 
             sweep_magic.stop_all()
+            from sweep_magic.agents import warm
+
+            warm.shut_down()  # the zygote lives as long as its kernel: here, this run
         except Exception as err:  # keep cleaning
             self.log(f"stop_all failed: {err!r}")
         found = leftovers(self.token, grace=10.0)

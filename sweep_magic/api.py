@@ -136,14 +136,19 @@ def _release_idle_agents_when_done(session: SweepSession, changes: Subscribers, 
     remove = changes.add(changed.set)
 
     def watch() -> None:
+        pause = 0.5
         try:
             while not session.done:
-                changed.wait(0.5)  # a run's end reaches the server's finalizer a moment later
+                changed.wait(pause)
                 changed.clear()
                 snap = session.snapshot()
                 idle = [a.index for a in snap.agents if a.state == "idle"]
                 if not idle or all(r.state == "running" for r in snap.runs):
+                    pause = 0.5
                     continue
+                # A run's end reaches the server's finalizer a moment after its event reaches
+                # us: look again soon while agents wait.
+                pause = 0.1
                 if local_server().nothing_left(sweep_id):
                     for index in idle:
                         session.drain_agent(index)  # idle: it exits at once, as on "exit"
