@@ -114,7 +114,7 @@ def launch(
                            local=target.local)
     with _sessions_lock:
         _sessions.append(session)
-    if target.local:
+    if target.local and _has_an_end(target.sweep_id):
         _release_idle_agents_when_done(session, changes, target.sweep_id)
     try:
         supervisor.start()
@@ -124,6 +124,15 @@ def launch(
             _sessions.remove(session)
         raise
     return session
+
+
+def _has_an_end(sweep_id: str) -> bool:
+    """A grid, or a sweep with a run cap: one that can run out of work.  (Asking whether a
+    random or bayes sweep has anything left would run its engine for nothing.)"""
+    from sweep_magic.server import local_server
+
+    config = local_server().sweep_info(sweep_id).get("config") or {}
+    return config.get("method") == "grid" or bool(config.get("run_cap"))
 
 
 def _release_idle_agents_when_done(session: SweepSession, changes: Subscribers, sweep_id: str) -> None:
