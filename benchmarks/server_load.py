@@ -13,10 +13,11 @@ clients saw it, the achieved rate, and errors.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,7 +30,7 @@ FULL = dict(agents=256, seconds=20.0, period=1.0)
 QUICK = dict(agents=32, seconds=4.0, period=1.0)
 
 
-def _client_proc(url: str, key: str, sid: str, agents: int, seconds: float, period: float, out) -> None:
+def _client_proc(url: str, key: str, sid: str, agents: int, seconds: float, period: float) -> tuple[list, list]:
     """One client process: ``agents`` threads, each one agent on its own connection."""
     latencies: list[float] = []
     errors: list[str] = []
@@ -72,7 +73,7 @@ def _client_proc(url: str, key: str, sid: str, agents: int, seconds: float, peri
         t.start()
     for t in threads:
         t.join()
-    out.put((latencies, errors))
+    return latencies, errors
 
 
 def run(bench: Bench) -> dict:
@@ -82,17 +83,13 @@ def run(bench: Bench) -> dict:
     try:
         config = {"method": "random", "parameters": {"lr": {"distribution": "uniform", "min": 0, "max": 1}}}
         sid = Client(url, key).call(UPSERT, {"config": json.dumps(config)})["upsertSweep"]["sweep"]["name"]
-        ctx = multiprocessing.get_context("spawn")  # clean client processes, whatever this one holds
-        out = ctx.Queue()
         share = [cfg["agents"] // CLIENT_PROCS + (i < cfg["agents"] % CLIENT_PROCS) for i in range(CLIENT_PROCS)]
-        procs = [ctx.Process(target=_client_proc, args=(url, key, sid, n, cfg["seconds"], cfg["period"], out))
-                 for n in share if n]
+        args = [url, key, sid, str(cfg["seconds"]), str(cfg["period"])]
         t0 = time.monotonic()
-        for p in procs:
-            p.start()
-        results = [out.get(timeout=cfg["seconds"] + 120) for _ in procs]
-        for p in procs:
-            p.join(timeout=30)
+        # Fresh interpreters: the clients share nothing with this process (or its lock).
+        procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.server_load", *args, str(n)],
+                                  stdout=subprocess.PIPE, text=True) for n in share if n]
+        results = [json.loads(p.communicate(timeout=cfg["seconds"] + 120)[0]) for p in procs]
         elapsed = time.monotonic() - t0
     finally:
         proc.terminate()
@@ -111,3 +108,8 @@ def run(bench: Bench) -> dict:
     }
     bench.log(f"  server load: {summary}")
     return summary
+
+
+if __name__ == "__main__":  # one client process of ``run``: URL KEY SWEEP SECONDS PERIOD AGENTS
+    url_, key_, sid_, seconds_, period_, agents_ = sys.argv[1:7]
+    print(json.dumps(_client_proc(url_, key_, sid_, int(agents_), float(seconds_), float(period_))))
