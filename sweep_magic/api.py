@@ -8,6 +8,9 @@ Everything the magic does goes through here, and works the same without IPython:
     session.wait()
     session.results()        # [{"run_id", "agent", "config", "state", "summary", "duration", ...}]
 
+    sweep_magic.launch(train, sweep_id, cpus=2, isolate="run")  # each run in a fresh process
+    sweep_magic.launch(None, program_sweep_id, cpus=2)          # the sweep's `program:` per run
+
 ``launch`` checks everything it can before a process starts (the function, the
 count, the placement, the sweep and the login), then builds one ``WorkerSpec``
 per placement slot and hands them to a ``Supervisor``.  A sweep made by
@@ -27,6 +30,7 @@ from sweep_magic import payload, target as targets
 from sweep_magic.errors import SweepMagicError, SweepNotFound
 from sweep_magic.options import valid_count, valid_nice
 from sweep_magic.paths import home
+from sweep_magic.protocol.spec import ISOLATE_MODES
 from sweep_magic.session import Subscribers, SweepSession
 
 _sessions: list[SweepSession] = []
@@ -45,6 +49,7 @@ def launch(
     project: str | None = None,
     entity: str | None = None,
     nice: int | None = None,
+    isolate: str = "agent",
 ) -> SweepSession:
     """Start agents that run ``function`` for the sweep ``sweep_id``; returns at once.
 
@@ -53,20 +58,39 @@ def launch(
     as many as the sweep hands out.  ``nice`` (0..19, opt-in) lowers the agents' CPU
     priority — each worker, what it starts, its wandb-core, and their sessions'
     autogroup nice on Linux — so the kernel stays responsive while they saturate the
-    machine; None or 0 leaves it as it is.  Raises a ``SweepMagicError`` subclass with a
-    one-line message, before any process starts, for every input it can check.
+    machine; None or 0 leaves it as it is.
+
+    ``isolate``: ``"agent"`` (default) runs every run of an agent in the agent's own
+    process, as ``wandb.agent`` does; ``"run"`` runs each run's function in a fresh child
+    process (forked from a pre-imported fork server), so memory — GPU memory included —
+    and globals a run holds on to die with it, and a run killed by the out-of-memory
+    killer is just a ``crashed`` run (see docs/isolation.md).
+
+    ``function=None`` runs a *program sweep*: the sweep config's ``program:`` (or
+    ``command:``) is executed for each run exactly as the ``wandb agent`` CLI would, one
+    fresh process per run, with live metrics when the program is Python.
+
+    Raises a ``SweepMagicError`` subclass with a one-line message, before any process
+    starts, for every input it can check.
     """
     if not valid_count(count):
         raise SweepMagicError(f"count must be a whole number ≥ 1 (runs per agent), got {count!r}")
     if not valid_nice(nice):
         raise SweepMagicError(f"nice must be a whole number from 0 to 19 (19 = lowest priority), got {nice!r}")
+    if isolate not in ISOLATE_MODES:
+        raise SweepMagicError(f"isolate must be one of {', '.join(map(repr, ISOLATE_MODES))}, got {isolate!r}")
     if not isinstance(sweep_id, str) or not sweep_id.strip():
         raise SweepNotFound(f"a sweep id is a non-empty string, got {sweep_id!r}")
-    function_pickle = payload.prepare(function)
+    function_pickle = payload.prepare(function) if function is not None else b""
     from sweep_magic import devices
 
     slots = devices.plan(gpus=gpus, cpus=cpus, agents_per_gpu=agents_per_gpu)
     target = targets.resolve(sweep_id.strip(), project, entity)
+    if function is None and not (target.program or target.command):
+        raise SweepMagicError(
+            f"no function given, and sweep {sweep_id!r} has no `program:` or `command:` in its config "
+            "to run instead: pass the function to run"
+        )
 
     session_id = f"s{next(_numbers)}"
     session_dir = _session_dir(session_id)
@@ -97,6 +121,9 @@ def launch(
             report_url=target.report_url,
             heartbeat_seconds=target.heartbeat_seconds,
             nice=nice or None,
+            isolate=isolate,
+            program=target.program,
+            command=list(target.command) if target.command else None,
         )
 
     changes = Subscribers()

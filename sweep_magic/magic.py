@@ -29,6 +29,9 @@ Examples::
         with wandb.init() as run:
             run.log({"loss": run.config.lr * 2})
 
+    %%sweep_parallel {sweep_id} --gpus all --isolate run      # a fresh process per run
+    def train(): ...
+
     %%sweep_parallel --config sweep_config --cpus 2 --wait    # a local sweep from a dict (or a YAML path)
     def train(): ...
 
@@ -53,6 +56,8 @@ class SweepMagics(Magics):
     @argument("--cpus", type=_count, metavar="N", help="run N agents on CPU cores")
     @argument("--count", type=_count, metavar="N", help="runs per agent (default: until the sweep is done)")
     @argument("--nice", type=_nice, metavar="N", help="lower the agents' CPU priority, 0..19 (keeps the notebook responsive)")
+    @argument("--isolate", choices=("agent", "run"), default="agent",
+              help="run: each run in a fresh process (memory and globals die with it); agent (default): all runs in the agent's")
     @argument("--project", metavar="P", help="W&B project (of the sweep, or of the new local sweep)")
     @argument("--entity", metavar="E", help="W&B entity")
     @argument("--wait", action="store_true", default=None, help="block until the sweep ends (default when headless)")
@@ -88,6 +93,7 @@ class SweepMagics(Magics):
                 project=args.project,
                 entity=args.entity,
                 nice=args.nice,
+                isolate=args.isolate,
             )
         except SweepMagicError as err:
             raise UsageError(str(err)) from None

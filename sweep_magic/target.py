@@ -44,6 +44,9 @@ class Target:
     metric_name: str | None = None
     metric_goal: str | None = None
     local: bool = False
+    # The sweep config's `program` / `command`: what a program sweep (no function) runs per run.
+    program: str | None = None
+    command: tuple | None = None
 
     def worker_env(self, wandb_dir: str) -> tuple[dict, list]:
         """The environment every agent of this target gets (before its slot's own variables),
@@ -105,7 +108,17 @@ def _local_target(sweep_id: str, bare: str, project, entity) -> Target | None:
         metric_name=name,
         metric_goal=goal,
         local=True,
+        **program_of(info.get("config") or {}),
     )
+
+
+def program_of(config: dict) -> dict:
+    """``program`` and ``command`` of a sweep config (``command`` a tuple of its tokens)."""
+    program, command = config.get("program"), config.get("command")
+    return {
+        "program": str(program) if program is not None else None,
+        "command": tuple(command) if isinstance(command, (list, tuple)) and command else None,
+    }
 
 
 def metric(config: dict) -> tuple[str | None, str | None]:
@@ -160,6 +173,7 @@ def _cloud_target(sweep_id: str, bare: str, project, entity, ours: bool | None =
         heartbeat_seconds=LOCAL_HEARTBEAT_SECONDS if ours else CLOUD_HEARTBEAT_SECONDS,
         metric_name=name,
         metric_goal=goal,
+        **program_of(config),
     )
 
 

@@ -6,8 +6,8 @@
     lifeline write end (only we hold it) ───► --lifeline-fd M (EOF = the kernel is gone)
     log file ◄─────────────────────────────── stdout/stderr
 
-It also owns how a process's end is named (``describe_exit``) and how its leftovers
-(the group, the wandb-core sidecars) are reaped.
+It also owns how a worker's leftovers (the group, the wandb-core sidecars) are reaped;
+how a process's end is named (``describe_exit``) lives in ``protocol.exits``.
 """
 
 from __future__ import annotations
@@ -22,37 +22,7 @@ import time
 from sweep_magic import _wandb
 from sweep_magic.protocol import env as child_env
 from sweep_magic.protocol import sidechannel
-
-_HINTS = {
-    "SIGKILL": "often the out-of-memory killer",
-    "SIGSEGV": "a crash in native code",
-    "SIGABRT": "aborted",
-    "SIGBUS": "a crash in native code",
-}
-
-
-def _signal_name(num: int) -> str | None:
-    try:
-        return signal.Signals(num).name
-    except ValueError:
-        return None
-
-
-def describe_exit(code: int | None) -> str:
-    """A short human reason for a process's exit status ("killed by SIGABRT", ...)."""
-    if code is None:
-        return "still running"
-    if code == 0:
-        return "exited"
-    if code < 0:
-        name = _signal_name(-code) or f"signal {-code}"
-        return f"killed by {name}"
-    if code > 128 and _signal_name(code - 128):
-        # A shell or a runtime exiting "as if" killed: 137 is the classic OOM-killer report.
-        name = _signal_name(code - 128)
-        hint = _HINTS.get(name)
-        return f"exit code {code} ({name}{', ' + hint if hint else ''})"
-    return f"exit code {code}"
+from sweep_magic.protocol.exits import describe_exit  # noqa: F401  (re-exported: the supervisor's name for it)
 
 
 def signal_group(pgid: int, sig: int) -> bool:

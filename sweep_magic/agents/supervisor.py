@@ -332,7 +332,7 @@ class Supervisor:
                 self._runs[event.run_id] = dict(
                     run_id=event.run_id, agent=agent.index, name=event.name, config=dict(event.config),
                     state="running", step=None, metrics={}, summary={}, started_at=event.t,
-                    ended_at=None, error=None, dir=event.dir, url=event.url,
+                    ended_at=None, error=None, dir=event.dir, url=event.url, pid=event.pid,
                 )  # fmt: skip
                 agent.current_run = event.run_id
                 if agent.state != "draining":

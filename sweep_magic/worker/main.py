@@ -12,7 +12,10 @@ threads, CUDA state and IPython).  In order, it
    wandb state scrubbed) and CPU affinity, *before* the function is unpickled, so
    libraries it imports size their thread pools to the slot; with ``spec.nice``, its
    priority and its session's, and (``worker.priority``) those of each wandb-core it starts;
-4. hooks wandb (``worker.hooks``) and runs the real ``wandb.agent``;
+4. hooks wandb (``worker.hooks``) and runs the real ``wandb.agent`` — on the function
+   itself, or, with ``isolate="run"`` and for program sweeps, on ``worker.isolation``,
+   which runs each run in a child process of its own (forked from a fork server started
+   here, from the main thread, before anything else);
 5. sends ``AgentExiting`` and exits.
 
 Events go to the events fd only; the user's stdout/stderr are the log file the
@@ -36,13 +39,15 @@ import traceback
 
 from sweep_magic.protocol.events import AgentExiting, AgentStarted
 from sweep_magic.protocol.spec import WorkerSpec
+from sweep_magic.worker import isolation as _isolation
 
 EXIT_AGENT_ERROR = 3
 
 
 def _kill_group(*_args) -> None:
-    """Take everything we started (the user's children too) with us."""
+    """Take everything we started (the user's children too, and run children's groups) with us."""
     try:
+        _isolation.kill_all()
         os.killpg(os.getpgrp(), signal.SIGKILL)
     finally:
         os._exit(1)
@@ -119,6 +124,17 @@ def _watch_priority(spec: WorkerSpec) -> None:
     _priority.watch_sidecars(getattr(spec, "nice", None))  # each wandb-core is a session of its own
 
 
+def _isolation_for(spec: WorkerSpec, reporter):
+    """The per-run process machinery, or None for runs in this interpreter."""
+    if spec.runs_program:
+        from sweep_magic.worker.program import ProgramRuns
+
+        return ProgramRuns(spec, reporter)
+    if getattr(spec, "isolate", "agent") == "run":
+        return _isolation.FunctionRuns(spec, reporter)  # starts the fork server now: it imports meanwhile
+    return None
+
+
 def _load_function(spec: WorkerSpec):
     import cloudpickle
 
@@ -175,16 +191,21 @@ def main(argv: list[str] | None = None, *, parent_is_kernel: bool = True) -> int
         reporter.close()
         reporter.emit(AgentExiting(reason=reason, error=error))
 
+    isolation = None
     try:
+        isolation = _isolation_for(spec, reporter)
         reporter.emit(AgentStarted(pid=os.getpid(), sweep_id=spec.sweep_id))
         try:
-            function = _load_function(spec)
+            # Isolated runs unpickle the function in their own process only.
+            function = _load_function(spec) if isolation is None else isolation
         except Exception:
             exiting("error", "the function could not be loaded in the worker:\n" + traceback.format_exc())
             return EXIT_AGENT_ERROR
         try:
             _hooks.install(reporter, spec)
-        except _hooks.HookMissing as err:
+            if isolation is not None:
+                isolation.install()
+        except (_hooks.HookMissing, AttributeError) as err:
             exiting("error", str(err))
             return EXIT_AGENT_ERROR
         _watch_priority(spec)  # wandb is imported now; its wandb-cores start inside wandb.agent
@@ -198,7 +219,7 @@ def main(argv: list[str] | None = None, *, parent_is_kernel: bool = True) -> int
         try:
             wandb.agent(
                 spec.sweep_id,
-                function=_hooks.wrap_function(function, reporter),
+                function=function if isolation is not None else _hooks.wrap_function(function, reporter),
                 count=spec.count,
                 project=spec.project,
                 entity=spec.entity,
@@ -207,8 +228,14 @@ def main(argv: list[str] | None = None, *, parent_is_kernel: bool = True) -> int
             exiting("error", f"wandb.agent failed: {type(err).__name__}: {err}\n" + traceback.format_exc())
             return EXIT_AGENT_ERROR
         _teardown_wandb()
+        if isolation is not None and isolation.fatal:
+            exiting("error", isolation.fatal)
+            return EXIT_AGENT_ERROR
     except KeyboardInterrupt:
         interrupted.set()
+    finally:
+        if isolation is not None:
+            isolation.close()
     if interrupted.is_set():
         reason = "stopped"
     elif reporter.draining:
