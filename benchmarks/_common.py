@@ -29,7 +29,7 @@ VENV_BIN = os.path.dirname(sys.executable)
 MARKER = "SWEEP_MAGIC_BENCH"
 
 # The same for every variant: no system sampling, no machine info, no pip freeze per run,
-# no telemetry, no console spam (WANDB_PROTOCOL.md §5).
+# no telemetry, no console spam (docs/protocol.md §5).
 QUIET = {
     "WANDB__DISABLE_STATS": "true",
     "WANDB__DISABLE_MACHINE_INFO": "true",
@@ -37,7 +37,7 @@ QUIET = {
     "WANDB_ERROR_REPORTING": "false",
     "WANDB_SILENT": "true",
 }
-# The kernel's (here: our) wandb state that must not reach an agent (WANDB_PROTOCOL.md §6).
+# The kernel's (here: our) wandb state that must not reach an agent (docs/protocol.md §6).
 STALE = ("WANDB_SERVICE", "WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_ENTITY",
          "WANDB_PROJECT", "WANDB_RESUME", "WANDB_DIR", "WANDB_RUN_STORAGE_ID")
 
@@ -187,6 +187,9 @@ class Bench:
             import sweep_magic
 
             sweep_magic.stop_all()
+            from sweep_magic.agents import warm
+
+            warm.shut_down()  # the zygote lives as long as its kernel: here, this run
         except Exception as err:  # keep cleaning
             self.log(f"stop_all failed: {err!r}")
         found = leftovers(self.token, grace=10.0)

@@ -139,7 +139,7 @@ def _control(bench: Bench, kc, iopub: _Iopub, kernel: psutil.Process, cfg: dict)
 
 
 def _panel_rate(bench: Bench, cfg: dict) -> dict:
-    """The panel engineer's ``benchmarks/panel_rate.py``, synthetic mode: the panel alone (no worker
+    """``benchmarks/panel_rate.py``, synthetic mode: the panel alone (no worker
     processes) under 2,000 snapshot changes a second, measured on the wire the same way."""
     try:
         from benchmarks import panel_rate

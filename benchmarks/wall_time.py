@@ -2,7 +2,9 @@
 
 (a) one ``wandb.agent`` process (today's notebook cell), (b) the W&B docs' recipe: N independent
 ``python agent.py`` started by a shell loop (``for i in ...; do python agent.py & done; wait``),
-(c) ``sweep_magic.launch(trial, sweep_id, cpus=N)`` then ``.wait()``.  Each variant gets a fresh
+(c) ``sweep_magic.launch(trial, sweep_id, cpus=N)`` then ``.wait()``, with the kernel's warm start
+server already up (``%load_ext sweep_magic`` starts it; a notebook loads the extension before it
+launches).  Each variant gets a fresh
 grid sweep of K points on the benchmark's embedded server.  Wall time is from the start (Popen /
 ``launch``) to every agent process having exited.  ``ideal`` is K·T/N.
 """
@@ -55,8 +57,13 @@ def run_plain(bench: Bench, K: int, T: float, N: int, shell_loop: bool) -> dict:
 def run_sweep_magic(bench: Bench, K: int, T: float, N: int) -> dict:
     import sweep_magic
 
+    from sweep_magic.agents import warm
+
     sid, times = bench.sweep(f"sweep_magic{N}", K, kind="sleep", seconds=T)
     fn = trial_function()
+    zygote = warm.warm_up()
+    if zygote is not None:
+        zygote.wait_ready(60)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "N CPU agents on 2 cores: they will share cores"
         t0 = time.time()

@@ -1,4 +1,4 @@
-"""The GPU checks of ../shared/GPU_CHECK.md, as one script for a lent GPU machine.
+"""The GPU checks of docs/GPU_CHECK.md, as one script for a machine with a real GPU.
 
 Run it there once (see docs/GPU_CHECK.md for the wheels and the one command); it
 prints every figure, writes them as JSON to ``$OUT/gpu_check.json`` when ``OUT``
@@ -11,6 +11,9 @@ development machines have no GPU, so nothing here runs in CI.
     3. the kernel's own CUDA_VISIBLE_DEVICES given as the GPU's UUID: inventory and placement follow it
     4. release: after stop(), within 15 s, no worker pid on the GPU and used memory back to the baseline
     5. busy detection: a separate torch process holding memory makes the GPU count as busy
+    6. a process per run under memory pressure: three runs on one agent, each holding 60% of the
+       GPU's memory in a module global; in one process (isolate="agent") a later run runs out of
+       memory, with isolate="run" all three finish
 """
 
 from __future__ import annotations
@@ -181,12 +184,45 @@ def check_uuid_visible_devices() -> None:
             os.environ["CUDA_VISIBLE_DEVICES"] = old
 
 
+def make_hoarder():
+    """A trial that keeps 60% of the GPU's memory in a module global: the leak that isolate="run"
+    exists for (a cached model, a fragmented allocator)."""
+
+    def train():
+        import torch
+        import wandb
+
+        with wandb.init() as run:
+            # Kept on an imported module, which lives as long as the process does.
+            keep = torch.__dict__.setdefault("_gpu_check_kept", [])
+            total = torch.cuda.get_device_properties(0).total_memory
+            keep.append(torch.empty(int(0.6 * total), dtype=torch.uint8, device="cuda"))
+            run.log({"loss": float(run.config.i)})
+
+    return train
+
+
+def check_process_per_run_under_memory_pressure() -> None:
+    config = {"method": "grid", "metric": {"name": "loss", "goal": "minimize"}, "parameters": {"i": {"values": [0, 1, 2]}}}
+    states = {}
+    for isolate in ("agent", "run"):
+        sweep_id = sweep_magic.local_sweep(config, project=f"gpu-check-hoard-{isolate}")
+        session = sweep_magic.launch(make_hoarder(), sweep_id, gpus=[0], isolate=isolate)
+        session.wait(timeout=600)
+        states[isolate] = sorted(r["state"] for r in session.results())
+        errors = [r["error"].strip().splitlines()[-1] for r in session.results() if r.get("error")]
+        states[f"{isolate}_errors"] = errors[:2]
+    in_process_oom = states["agent"].count("finished") < 3 and any("out of memory" in e.lower() for e in states["agent_errors"])
+    check("process per run under memory pressure", in_process_oom and states["run"] == ["finished"] * 3, **states)
+
+
 def main() -> int:
     pynvml.nvmlInit()
-    for step in (check_inventory_and_busy, check_placement_and_release, check_uuid_visible_devices):
+    for step in (check_inventory_and_busy, check_placement_and_release, check_uuid_visible_devices,
+                 check_process_per_run_under_memory_pressure):
         try:
             step()
-        except Exception as err:  # a broken step must not hide the others' figures
+        except Exception as err:  # noqa: BLE001 - a broken step must not hide the others' figures
             check(step.__name__, False, error=repr(err))
     sweep_magic.stop_all()
     sweep_magic.local_server().stop()

@@ -36,9 +36,11 @@ def __getattr__(name: str):
 
 
 def load_ipython_extension(ipython) -> None:
+    from sweep_magic.agents import warm
     from sweep_magic.magic import register
 
     register(ipython)
+    warm.warm_up()  # the zygote imports wandb while the user writes the sweep config
 
 
 def unload_ipython_extension(ipython) -> None:

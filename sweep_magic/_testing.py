@@ -37,7 +37,7 @@ def reset() -> None:
         for p in panels:
             try:
                 p.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 - a panel that fails to close must not stop the reset
                 pass
         with panel._INVENTORY_LOCK:
             panel._INVENTORY_CACHE[:] = [float("-inf"), []]

@@ -8,6 +8,9 @@ Everything the magic does goes through here, and works the same without IPython:
     session.wait()
     session.results()        # [{"run_id", "agent", "config", "state", "summary", "duration", ...}]
 
+    sweep_magic.launch(train, sweep_id, cpus=2, isolate="run")  # each run in a fresh process
+    sweep_magic.launch(None, program_sweep_id, cpus=2)          # the sweep's `program:` per run
+
 ``launch`` checks everything it can before a process starts (the function, the
 count, the placement, the sweep and the login), then builds one ``WorkerSpec``
 per placement slot and hands them to a ``Supervisor``.  A sweep made by
@@ -25,7 +28,9 @@ import time
 
 from sweep_magic import payload, target as targets
 from sweep_magic.errors import SweepMagicError, SweepNotFound
+from sweep_magic.options import valid_count, valid_nice
 from sweep_magic.paths import home
+from sweep_magic.protocol.spec import ISOLATE_MODES
 from sweep_magic.session import Subscribers, SweepSession
 
 _sessions: list[SweepSession] = []
@@ -44,6 +49,7 @@ def launch(
     project: str | None = None,
     entity: str | None = None,
     nice: int | None = None,
+    isolate: str = "agent",
 ) -> SweepSession:
     """Start agents that run ``function`` for the sweep ``sweep_id``; returns at once.
 
@@ -52,20 +58,39 @@ def launch(
     as many as the sweep hands out.  ``nice`` (0..19, opt-in) lowers the agents' CPU
     priority — each worker, what it starts, its wandb-core, and their sessions'
     autogroup nice on Linux — so the kernel stays responsive while they saturate the
-    machine; None or 0 leaves it as it is.  Raises a ``SweepMagicError`` subclass with a
-    one-line message, before any process starts, for every input it can check.
+    machine; None or 0 leaves it as it is.
+
+    ``isolate``: ``"agent"`` (default) runs every run of an agent in the agent's own
+    process, as ``wandb.agent`` does; ``"run"`` runs each run's function in a fresh child
+    process (forked from a pre-imported fork server), so memory — GPU memory included —
+    and globals a run holds on to die with it, and a run killed by the out-of-memory
+    killer is just a ``crashed`` run (see docs/isolation.md).
+
+    ``function=None`` runs a *program sweep*: the sweep config's ``program:`` (or
+    ``command:``) is executed for each run exactly as the ``wandb agent`` CLI would, one
+    fresh process per run, with live metrics when the program is Python.
+
+    Raises a ``SweepMagicError`` subclass with a one-line message, before any process
+    starts, for every input it can check.
     """
     if not valid_count(count):
         raise SweepMagicError(f"count must be a whole number ≥ 1 (runs per agent), got {count!r}")
     if not valid_nice(nice):
         raise SweepMagicError(f"nice must be a whole number from 0 to 19 (19 = lowest priority), got {nice!r}")
+    if isolate not in ISOLATE_MODES:
+        raise SweepMagicError(f"isolate must be one of {', '.join(map(repr, ISOLATE_MODES))}, got {isolate!r}")
     if not isinstance(sweep_id, str) or not sweep_id.strip():
         raise SweepNotFound(f"a sweep id is a non-empty string, got {sweep_id!r}")
-    function_pickle = payload.prepare(function)
+    function_pickle = payload.prepare(function) if function is not None else b""
     from sweep_magic import devices
 
     slots = devices.plan(gpus=gpus, cpus=cpus, agents_per_gpu=agents_per_gpu)
     target = targets.resolve(sweep_id.strip(), project, entity)
+    if function is None and not (target.program or target.command):
+        raise SweepMagicError(
+            f"no function given, and sweep {sweep_id!r} has no `program:` or `command:` in its config "
+            "to run instead: pass the function to run"
+        )
 
     session_id = f"s{next(_numbers)}"
     session_dir = _session_dir(session_id)
@@ -96,6 +121,9 @@ def launch(
             report_url=target.report_url,
             heartbeat_seconds=target.heartbeat_seconds,
             nice=nice or None,
+            isolate=isolate,
+            program=target.program,
+            command=list(target.command) if target.command else None,
         )
 
     changes = Subscribers()
@@ -113,6 +141,8 @@ def launch(
                            local=target.local)
     with _sessions_lock:
         _sessions.append(session)
+    if target.local and _has_an_end(target.sweep_id):
+        _release_idle_agents_when_done(session, changes, target.sweep_id)
     try:
         supervisor.start()
     except BaseException:
@@ -123,14 +153,48 @@ def launch(
     return session
 
 
-def valid_count(count) -> bool:
-    """``count``: None, or a whole number ≥ 1 (runs per agent)."""
-    return count is None or (not isinstance(count, bool) and isinstance(count, int) and count >= 1)
+def _has_an_end(sweep_id: str) -> bool:
+    """A grid, or a sweep with a run cap: one that can run out of work.  (Asking whether a
+    random or bayes sweep has anything left would run its engine for nothing.)"""
+    from sweep_magic.server import local_server
+
+    config = local_server().sweep_info(sweep_id).get("config") or {}
+    return config.get("method") == "grid" or bool(config.get("run_cap"))
 
 
-def valid_nice(nice) -> bool:
-    """``nice``: None, or a whole number from 0 to 19 (the one rule for the API and the magic)."""
-    return nice is None or (not isinstance(nice, bool) and isinstance(nice, int) and 0 <= nice <= 19)
+def _release_idle_agents_when_done(session: SweepSession, changes: Subscribers, sweep_id: str) -> None:
+    """Let idle agents go the moment the local sweep has nothing left, rather than at their
+    next heartbeat: the server is in this process and says so when a run ends.  (A W&B sweep
+    gives no such word; its agents leave on their next heartbeat, as with wandb agent.)"""
+    from sweep_magic.server import local_server
+
+    changed = threading.Event()
+    remove = changes.add(changed.set)
+
+    def watch() -> None:
+        pause = 0.5
+        try:
+            while not session.done:
+                changed.wait(pause)
+                changed.clear()
+                snap = session.snapshot()
+                idle = [a.index for a in snap.agents if a.state == "idle"]
+                if not idle or all(r.state == "running" for r in snap.runs):
+                    pause = 0.5
+                    continue
+                # A run's end reaches the server's finalizer a moment after its event reaches
+                # us: look again soon while agents wait.
+                pause = 0.1
+                if local_server().nothing_left(sweep_id):
+                    for index in idle:
+                        session.drain_agent(index)  # idle: it exits at once, as on "exit"
+                    return
+        except Exception:  # noqa: BLE001 - an optimisation: the heartbeat's exit still comes
+            return
+        finally:
+            remove()
+
+    threading.Thread(target=watch, name=f"sweep-magic-{session.id}-release", daemon=True).start()
 
 
 def sessions() -> list[SweepSession]:

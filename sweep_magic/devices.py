@@ -25,8 +25,8 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Sequence
 
 from sweep_magic.errors import PlacementError
 
@@ -165,7 +165,7 @@ def _nvml_devices() -> list[GpuInfo]:
             try:
                 pynvml.nvmlInit()
                 _nvml_state = "ok"
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - pynvml raises NVMLError subclasses and OSError: each is a reason to show
                 # No library means no NVIDIA stack at all: a CPU machine, nothing to say.
                 # Anything else (driver not loaded, library/driver mismatch after an
                 # upgrade, no permission) hides GPUs the user expects: say so once.
@@ -176,7 +176,7 @@ def _nvml_devices() -> list[GpuInfo]:
             return []
         try:
             return _read_nvml()
-        except Exception as err:  # the device count itself failed
+        except Exception as err:  # noqa: BLE001 - the device count itself failed
             _warn(f"NVML could not list the GPUs: {_reason(err)}")
             return []
 
@@ -190,7 +190,7 @@ def _read_nvml() -> list[GpuInfo]:
         try:
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             gpu = _device_info(pynvml, handle, i)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any NVML failure leaves this one GPU out, with its reason
             _warn(f"GPU {i} is left out: NVML says {_reason(err)}")
             continue
         migs = _mig_devices(pynvml, handle, i, gpu.uuid)
@@ -206,18 +206,18 @@ def _mig_devices(pynvml, handle, parent_index: int, parent_uuid: str) -> list[Gp
         if current != pynvml.NVML_DEVICE_MIG_ENABLE:
             return None
         count = pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)
-    except Exception:  # NOT_SUPPORTED: a GPU without MIG
+    except Exception:  # noqa: BLE001 - NOT_SUPPORTED: a GPU without MIG
         return None
     out = []
     for j in range(count):
         try:
             mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, j)
-        except Exception:  # NOT_FOUND: an empty slot
+        except Exception:  # noqa: BLE001 - NOT_FOUND: an empty slot
             continue
         try:
             # MIG devices have no NVML index of their own: CUDA only reaches them by UUID.
             info = _device_info(pynvml, mig, -1 - parent_index * 100 - j)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any NVML failure leaves this one MIG device out, with its reason
             _warn(f"a MIG device of GPU {parent_index} is left out: NVML says {_reason(err)}")
             continue
         out.append(replace(info, mig_parent=parent_uuid))
@@ -233,7 +233,8 @@ def _device_info(pynvml, handle, index: int) -> GpuInfo:
     util = _try(lambda: pynvml.nvmlDeviceGetUtilizationRates(handle).gpu, None)
     procs: dict[int, GpuProcess] = {}
     for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
-        listed = _busy_figure(pynvml, lambda: getattr(pynvml, getter)(handle), f"the processes on {uuid}", [])
+        read = getattr(pynvml, getter)  # bound now: the lambda is called within this iteration anyway
+        listed = _busy_figure(pynvml, lambda read=read: read(handle), f"the processes on {uuid}", [])
         for p in listed or []:
             if p.pid not in procs:
                 procs[p.pid] = _process(p.pid, getattr(p, "usedGpuMemory", None))
@@ -283,7 +284,7 @@ def _warn(message: str) -> None:
 def _busy_figure(pynvml, fn, what: str, default):
     try:
         return fn()
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any NVML failure of one figure leaves that figure blank
         # NOT_SUPPORTED is how a GPU says it has no such thing (no graphics processes): not news.
         if getattr(err, "value", None) != getattr(pynvml, "NVML_ERROR_NOT_SUPPORTED", 3):
             _warn(f"NVML cannot read {what} ({_reason(err)}): it may look free while in use")
@@ -293,7 +294,7 @@ def _busy_figure(pynvml, fn, what: str, default):
 def _try(fn, default):
     try:
         return fn()
-    except Exception:
+    except Exception:  # noqa: BLE001 - one unreadable figure is a blank, not a broken inventory
         return default
 
 

@@ -11,14 +11,13 @@ IPython expands ``{var}`` and ``$var`` in the line of line and cell magics alike
 
 from __future__ import annotations
 
-import argparse
 import ast
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from sweep_magic import api
+from sweep_magic import api, options
 from sweep_magic.faces import kernel, show
 from sweep_magic.errors import SweepMagicError
 
@@ -30,6 +29,9 @@ Examples::
         with wandb.init() as run:
             run.log({"loss": run.config.lr * 2})
 
+    %%sweep_parallel {sweep_id} --gpus all --isolate run      # a fresh process per run
+    def train(): ...
+
     %%sweep_parallel --config sweep_config --cpus 2 --wait    # a local sweep from a dict (or a YAML path)
     def train(): ...
 
@@ -40,23 +42,7 @@ Examples::
 """
 
 
-def _whole(rule, wanted: str):
-    """An argparse type: a whole number that ``rule`` (the API's own check) accepts."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
-        if not rule(value):
-            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
-        return value
-
-    return parse
-
-
-_count = _whole(api.valid_count, "a whole number ≥ 1")
-_nice = _whole(api.valid_nice, "a whole number from 0 to 19 (19 = lowest priority)")
+_count, _nice = options.count_type, options.nice_type
 
 
 @magics_class
@@ -70,6 +56,8 @@ class SweepMagics(Magics):
     @argument("--cpus", type=_count, metavar="N", help="run N agents on CPU cores")
     @argument("--count", type=_count, metavar="N", help="runs per agent (default: until the sweep is done)")
     @argument("--nice", type=_nice, metavar="N", help="lower the agents' CPU priority, 0..19 (keeps the notebook responsive)")
+    @argument("--isolate", choices=("agent", "run"), default="agent",
+              help="run: each run in a fresh process (memory and globals die with it); agent (default): all runs in the agent's")
     @argument("--project", metavar="P", help="W&B project (of the sweep, or of the new local sweep)")
     @argument("--entity", metavar="E", help="W&B entity")
     @argument("--wait", action="store_true", default=None, help="block until the sweep ends (default when headless)")
@@ -105,6 +93,7 @@ class SweepMagics(Magics):
                 project=args.project,
                 entity=args.entity,
                 nice=args.nice,
+                isolate=args.isolate,
             )
         except SweepMagicError as err:
             raise UsageError(str(err)) from None

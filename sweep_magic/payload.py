@@ -97,7 +97,7 @@ def _why_unpicklable(function, err: Exception, _via: tuple[str, ...] = ()) -> st
     for name, value in referenced(function):
         try:
             cloudpickle.dumps(value)
-        except Exception as inner:
+        except Exception as inner:  # noqa: BLE001 - the helper's own failure only names what it uses
             # A helper function that fails is only the messenger: name what it uses.
             if len(_via) < 3 and isinstance(value, types.FunctionType):
                 return _why_unpicklable(value, inner, _via + (_name(function),))
@@ -116,7 +116,7 @@ def _why_big(function, size: int) -> str:
     for name, value in referenced(function):
         try:
             sizes.append((len(cloudpickle.dumps(value)), name))
-        except Exception:
+        except Exception:  # noqa: BLE001 - an object whose size cannot be measured is skipped, not fatal
             continue
     sizes.sort(reverse=True)
     biggest = ", ".join(f"`{n}` ({_mb(s)})" for s, n in sizes[:3] if s > size / 20) or "its closure"

@@ -38,21 +38,27 @@ class Subscribers:
         for callback in callbacks:
             try:
                 callback()
-            except Exception:  # a broken view must not break supervision
+            except Exception:  # noqa: BLE001 - a broken view must not break supervision
                 pass
 
 
 def failure_line(snapshot: SessionSnapshot) -> str | None:
-    """One line for a sweep in which nothing finished and something failed or crashed."""
+    """One line for a sweep in which nothing finished and something failed: runs that failed
+    or crashed, or, with no run at all, agents that could not run (a bad sweep, a wandb
+    this version cannot hook).  None while anything finished, or nothing went wrong."""
     runs = snapshot.runs
     if any(r.state == "finished" for r in runs):
         return None
     bad = [r for r in runs if r.state in ("failed", "crashed")]
-    if not bad:
-        return None
-    first = bad[0]
-    why = last_line(first.error) or first.state
-    return f"{len(bad)} of {len(runs)} runs failed and none finished; first ({first.run_id}): {why}"
+    if bad:
+        first = bad[0]
+        why = last_line(first.error) or first.state
+        return f"{len(bad)} of {len(runs)} runs failed and none finished; first ({first.run_id}): {why}"
+    failed = [a for a in snapshot.agents if a.state == "failed"]
+    if not runs and failed:
+        why = last_line(failed[0].reason) or "failed"
+        return f"no run started: {len(failed)} of {len(snapshot.agents)} agents failed; first (agent {failed[0].index}): {why}"
+    return None
 
 
 class SweepSession:
@@ -106,9 +112,12 @@ class SweepSession:
         if line is not None:
             raise SweepFailed(line)
 
-    def stop(self, drain: bool = False) -> None:
-        """Stop every agent: now (the runs are killed), or with ``drain=True`` after their current run."""
-        self._supervisor.stop(drain=drain)
+    def stop(self, drain: bool = False, timeout: float | None = 15.0) -> None:
+        """Stop every agent: now (the runs are killed), or with ``drain=True`` after their current run.
+
+        A drain waits up to ``timeout`` seconds for the runs (None: as long as they take; the
+        terminal's first Ctrl-C) before stopping the rest now."""
+        self._supervisor.stop(drain=drain, timeout=timeout)
 
     def drain_agent(self, i: int) -> None:
         self._supervisor.drain_agent(i)

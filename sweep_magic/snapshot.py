@@ -36,6 +36,7 @@ class RunSnapshot:
     error: str | None = None  # traceback text / crash reason
     dir: str | None = None  # offline run folder
     url: str | None = None
+    pid: int | None = None  # the run's own process (isolate="run", program sweeps); else None
 
     @property
     def duration(self) -> float | None:
@@ -63,6 +64,7 @@ class RunSnapshot:
             "duration": self.duration,
             "error": self.error,
             "dir": self.dir,
+            "pid": self.pid,
         }
 
 

@@ -7,15 +7,23 @@ user's login, checked without starting anything: a key from ``WANDB_API_KEY``,
 ``wandb.login()`` in this process or ``~/.netrc`` (wandb's order), then the sweep
 looked up with ``wandb.Api().sweep``.  Failures are one-line ``SweepNotFound`` /
 ``LoginRequired`` errors.
+
+A "W&B server" may also be another process's ``sweep-magic server`` (``WANDB_BASE_URL``
+names it, as after ``wandb sweep`` against it).  It keeps sweeps, not runs, so its
+agents run offline and report on its side channel, as with the embedded server; it is
+asked first when ``WANDB_BASE_URL`` names it, so this process's own server is not
+started for a sweep that lives elsewhere.
 """
 
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 
 from sweep_magic.protocol.env import STALE
-from sweep_magic.errors import LoginRequired, SweepNotFound, first_line
+from sweep_magic.errors import LoginRequired, SweepMagicError, SweepNotFound, first_line
 
 LOCAL_HEARTBEAT_SECONDS = 1.0  # the embedded server is in-process: heartbeats are free
 CLOUD_HEARTBEAT_SECONDS = 5.0  # wandb's own default; don't hammer a shared W&B server
@@ -36,6 +44,9 @@ class Target:
     metric_name: str | None = None
     metric_goal: str | None = None
     local: bool = False
+    # The sweep config's `program` / `command`: what a program sweep (no function) runs per run.
+    program: str | None = None
+    command: tuple | None = None
 
     def worker_env(self, wandb_dir: str) -> tuple[dict, list]:
         """The environment every agent of this target gets (before its slot's own variables),
@@ -62,10 +73,17 @@ def resolve(sweep_id: str, project: str | None, entity: str | None) -> Target:
     path_entity, path_project, bare = split(sweep_id)
     entity = path_entity or entity
     project = path_project or project
+    env_url = os.environ.get("WANDB_BASE_URL", "").rstrip("/")
+    ours = bool(env_url) and is_sweep_magic_server(env_url)
+    if ours:
+        try:
+            return _cloud_target(sweep_id, bare, project, entity, ours=True)
+        except SweepMagicError:
+            pass  # perhaps a local_sweep of this process; else the lookup below says what is wrong
     local = _local_target(sweep_id, bare, project, entity)
     if local is not None:
         return local
-    return _cloud_target(sweep_id, bare, project, entity)
+    return _cloud_target(sweep_id, bare, project, entity, ours=ours if env_url else None)
 
 
 def _local_target(sweep_id: str, bare: str, project, entity) -> Target | None:
@@ -90,7 +108,17 @@ def _local_target(sweep_id: str, bare: str, project, entity) -> Target | None:
         metric_name=name,
         metric_goal=goal,
         local=True,
+        **program_of(info.get("config") or {}),
     )
+
+
+def program_of(config: dict) -> dict:
+    """``program`` and ``command`` of a sweep config (``command`` a tuple of its tokens)."""
+    program, command = config.get("program"), config.get("command")
+    return {
+        "program": str(program) if program is not None else None,
+        "command": tuple(command) if isinstance(command, (list, tuple)) and command else None,
+    }
 
 
 def metric(config: dict) -> tuple[str | None, str | None]:
@@ -100,7 +128,7 @@ def metric(config: dict) -> tuple[str | None, str | None]:
     return str(metric["name"]), ("maximize" if metric.get("goal") == "maximize" else "minimize")
 
 
-def _cloud_target(sweep_id: str, bare: str, project, entity) -> Target:
+def _cloud_target(sweep_id: str, bare: str, project, entity, ours: bool | None = None) -> Target:
     base_url, key, token_file, missed = _login()
     if not (key or token_file):
         hint = ""
@@ -132,17 +160,40 @@ def _cloud_target(sweep_id: str, bare: str, project, entity) -> Target:
     env = {"WANDB_BASE_URL": base_url}
     if key:
         env["WANDB_API_KEY"] = key  # never logged: specs are 0600 files the worker deletes
+    if ours is None:
+        ours = base_url != DEFAULT_CLOUD_URL and is_sweep_magic_server(base_url)
+    if ours:
+        # It answers no run upserts: runs stay offline on disk (`wandb sync` later) and their
+        # results reach the sweep on its side channel, exactly as with the embedded server.
+        env["WANDB_MODE"] = "offline"
     return Target(
         sweep_id=bare,
         project=project,
         entity=entity,
         env=env,
         remove_env=STALE + (("WANDB_IDENTITY_TOKEN_FILE",) if key else ()),
-        report_url=None,
-        heartbeat_seconds=CLOUD_HEARTBEAT_SECONDS,
+        report_url=base_url if ours else None,
+        heartbeat_seconds=LOCAL_HEARTBEAT_SECONDS if ours else CLOUD_HEARTBEAT_SECONDS,
         metric_name=name,
         metric_goal=goal,
+        **program_of(config),
     )
+
+
+def is_sweep_magic_server(url: str, timeout: float = 3.0) -> bool:
+    """Whether ``url`` is a ``sweep-magic server``: it meets a request without credentials with
+    401 and ``WWW-Authenticate: Basic realm="sweep_magic"`` (server/httpd.py).  Sends no key:
+    the answer must not depend on trusting the URL first."""
+    request = urllib.request.Request(url.rstrip("/") + "/sweep_magic/v1/", method="GET")
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError as err:
+        realm = err.headers.get("WWW-Authenticate") or ""
+        err.close()
+        return err.code == 401 and 'realm="sweep_magic"' in realm
+    except (OSError, ValueError):  # unreachable, or not a URL: then it is not ours to use
+        return False
+    return False
 
 
 def _login() -> tuple[str, str | None, str | None, tuple]:

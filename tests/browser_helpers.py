@@ -90,7 +90,7 @@ class JupyterLab:
         return f"{self.base}{path}?token={self.token}"
 
     # -- lifetime
-    def __enter__(self) -> "JupyterLab":
+    def __enter__(self) -> JupyterLab:
         home = self.root.parent / "jupyter-home"
         for sub in ("config", "runtime", "settings", "workspaces"):
             (home / sub).mkdir(parents=True, exist_ok=True)
@@ -218,3 +218,44 @@ def screenshot(page_or_locator, name: str) -> Path:
 
 def save_copy(src: Path, dest: Path) -> None:
     shutil.copyfile(src, dest)
+
+
+class Steps:
+    """Every wait of a browser test, named and timed.
+
+    On a timeout the failure names the step, its limit and how long the earlier steps
+    took, and ``test-artifacts/<name>-failure.txt`` keeps that with the page's text and
+    the server log (next to the screenshot), so a flake under load says which wait was
+    too tight instead of "Timeout 30000ms exceeded".  On success the timeline is printed:
+    how close each wait came to its limit, measured, not guessed.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.timeline: list[tuple[str, float, float]] = []  # (step, seconds taken, limit)
+        self.current: tuple[str, float] | None = None
+
+    @contextlib.contextmanager
+    def step(self, what: str, limit_s: float):
+        started = time.monotonic()
+        self.current = (what, limit_s)
+        yield limit_s * 1000  # Playwright's timeouts are in milliseconds
+        self.timeline.append((what, time.monotonic() - started, limit_s))
+        self.current = None
+
+    def report(self) -> str:
+        lines = [f"{took:7.1f}s of {limit:5.0f}s  {what}" for what, took, limit in self.timeline]
+        return "\n".join(lines)
+
+    def failed(self, page, log_tail: str, extra: str = "") -> str:
+        what, limit = self.current or ("(between steps)", 0.0)
+        headline = f"browser step {what!r} did not complete within {limit:.0f}s"
+        try:
+            page_text = page.inner_text("body", timeout=2000)[-4000:]
+        except Exception as err:  # the page itself may be what broke
+            page_text = f"(page text unavailable: {err})"
+        ARTIFACTS.mkdir(exist_ok=True)
+        text = (f"{headline}\n\nsteps before it:\n{self.report()}\n\n{extra}\n"
+                f"--- page text (end):\n{page_text}\n--- server log (end):\n{log_tail}\n")
+        (ARTIFACTS / f"{self.name}-failure.txt").write_text(text)
+        return headline

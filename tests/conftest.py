@@ -45,15 +45,37 @@ def _own_sidecars() -> set[int]:
     return _wandb_core_of({os.getpid()})
 
 
+@pytest.fixture(scope="session", autouse=True)
+def warm_start_server():
+    """This process's zygote (agents/warm.py) lives for the whole test session, as it lives
+    for a kernel: started before any test, so no test counts it as its leftover."""
+    from sweep_magic.agents import warm
+
+    zygote = warm.warm_up()
+    if zygote is not None:
+        zygote.wait_ready(60)
+    yield zygote
+    warm.shut_down()
+
+
+def _current_zygote() -> set[int]:
+    """The zygote lives as long as its kernel (here: the test session), whichever test
+    happened to start it; only this one, the current, is not a leftover."""
+    from sweep_magic.agents import warm
+
+    zygote = warm.current()
+    return {zygote.proc.pid} if zygote is not None else set()
+
+
 @pytest.fixture(autouse=True)
-def no_orphans(request):
+def no_orphans(request, warm_start_server):
     before = _descendants()
     seen: set[int] = set()
     yield
     # Everything that became our descendant during the test, plus sidecars owned by them.
     seen = _descendants() - before
     seen |= _wandb_core_of(seen)
-    seen -= before | _own_sidecars()
+    seen -= before | _own_sidecars() | _current_zygote()
     deadline = time.monotonic() + 15
     leftovers = _alive(seen)
     while leftovers and time.monotonic() < deadline:

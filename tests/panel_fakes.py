@@ -12,9 +12,8 @@ import itertools
 import threading
 import time
 
-from sweep_magic.snapshot import AgentSnapshot, RunSnapshot, SessionSnapshot
-
 from sweep_magic.devices import GpuInfo, GpuProcess
+from sweep_magic.snapshot import AgentSnapshot, RunSnapshot, SessionSnapshot
 
 
 def four_gpus() -> list:

@@ -183,3 +183,30 @@ def train():
 count = int(sys.argv[2]) if len(sys.argv) > 2 else None
 wandb.agent(sys.argv[1], function=train, count=count)
 """
+
+
+def start_server(db, log_path, *args: str) -> tuple[subprocess.Popen, dict]:
+    """``python -m sweep_magic.server --db DB ARGS…`` in its own session; returns the process
+    and the environment it printed (WANDB_BASE_URL, WANDB_API_KEY) plus WANDB_MODE=offline."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.pop("WANDB_SERVICE", None)
+    with open(str(log_path), "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "sweep_magic.server", "--db", str(db), *args],
+                                stdout=subprocess.PIPE, stderr=log, env=env, text=True,
+                                start_new_session=True)
+    lines = dict(proc.stdout.readline().strip().split("=", 1) for _ in range(2))
+    return proc, dict(lines, WANDB_MODE="offline")
+
+
+def graphql(env: dict, query: str, variables: dict | None = None) -> dict:
+    """One GraphQL call to the server in ``env``; the ``data`` of the reply."""
+    import base64
+    import json
+    import urllib.request
+
+    token = base64.b64encode(f"api:{env['WANDB_API_KEY']}".encode()).decode()
+    req = urllib.request.Request(env["WANDB_BASE_URL"] + "/graphql", method="POST",
+                                 data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+                                 headers={"Authorization": f"Basic {token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())["data"]

@@ -55,6 +55,8 @@ class AgentCallbacks:
     created: Callable[[Any], None] | None = None  # (agent): _init ran, the agent's state exists
     registered: Callable[[str], None] | None = None  # (agent_id): CreateAgent answered
     job_begin: Callable[[Any, str, dict], None] | None = None  # (agent, run_id, {name: value})
+    # (run_id, the server's whole run command: args as {name: {"value": v}}, program, ...)
+    job_command: Callable[[str, dict], None] | None = None
     job_end: Callable[[Any, str], None] | None = None  # (agent, run_id): the function returned/raised
     commands: Callable[[list], list] | None = None  # heartbeat commands → the ones pyagent may act on
     exited: Callable[[Any], None] | None = None  # (agent): pyagent's _exit ran (exit command, Ctrl-C)
@@ -89,6 +91,8 @@ def hook_agent(cb: AgentCallbacks, found: _surface.Surface) -> None:
         def hooked(self, job, *args, **kwargs):
             run_id = job.run_id
             config = {k: (v.get("value") if isinstance(v, dict) else v) for k, v in (job.config or {}).items()}
+            if cb.job_command:
+                _safely(cb.job_command, run_id, dict(getattr(job, "command", None) or {}))
             if cb.job_begin:
                 _safely(cb.job_begin, self, run_id, config)
             try:

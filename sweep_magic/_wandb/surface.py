@@ -105,6 +105,13 @@ POINTS: tuple[Point, ...] = (
 )
 BY_ID = {p.id: p for p in POINTS}
 
+# wandb's modules worth importing before a fork (the zygote forks agents, the fork server
+# forks run children): best effort by nature -- one that moved is imported by the child
+# itself, slower but correct.  "wandb.sdk.launch" is imported by every wandb.init.
+AGENT_MODULES = ("wandb", PYAGENT, WANDB_RUN)
+RUN_MODULES = ("wandb", "wandb.sdk.wandb_init", WANDB_RUN, "wandb.sdk.launch", "wandb.sdk.launch.inputs.internal",
+               "wandb.apis.public")  # fmt: skip
+
 # Read off live objects, so not checkable in advance; each read has a fallback in place:
 # an agent without ``_agent_id`` after ``_register`` sends no hello (as agent.register
 # missing), a launcher result without ``_process.pid`` leaves wandb-core to the poller.

@@ -15,7 +15,8 @@ handling are decided once.
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 
 class AgentProcess(Protocol):
@@ -32,8 +33,10 @@ class AgentProcess(Protocol):
     def drain(self) -> None:
         """Ask the worker (itself, not its group) to finish its current run and exit."""
 
-    def wait(self) -> int:
-        """Block until the worker exits; its exit status (negative: killed by that signal)."""
+    def wait(self) -> int | None:
+        """Block until the worker exits; its exit status (negative: killed by that signal), or
+        None when the host could not learn it (the supervisor then goes by the worker's own
+        last word, ``AgentExiting``)."""
 
     def cleanup(self) -> None:
         """After ``wait``: kill what is left of its group, reap its wandb-core, free files."""

@@ -6,8 +6,8 @@
     lifeline write end (only we hold it) ───► --lifeline-fd M (EOF = the kernel is gone)
     log file ◄─────────────────────────────── stdout/stderr
 
-It also owns how a process's end is named (``describe_exit``) and how its leftovers
-(the group, the wandb-core sidecars) are reaped.
+It also owns how a worker's leftovers (the group, the wandb-core sidecars) are reaped;
+how a process's end is named (``describe_exit``) lives in ``protocol.exits``.
 """
 
 from __future__ import annotations
@@ -22,37 +22,7 @@ import time
 from sweep_magic import _wandb
 from sweep_magic.protocol import env as child_env
 from sweep_magic.protocol import sidechannel
-
-_HINTS = {
-    "SIGKILL": "often the out-of-memory killer",
-    "SIGSEGV": "a crash in native code",
-    "SIGABRT": "aborted",
-    "SIGBUS": "a crash in native code",
-}
-
-
-def _signal_name(num: int) -> str | None:
-    try:
-        return signal.Signals(num).name
-    except ValueError:
-        return None
-
-
-def describe_exit(code: int | None) -> str:
-    """A short human reason for a process's exit status ("killed by SIGABRT", ...)."""
-    if code is None:
-        return "still running"
-    if code == 0:
-        return "exited"
-    if code < 0:
-        name = _signal_name(-code) or f"signal {-code}"
-        return f"killed by {name}"
-    if code > 128 and _signal_name(code - 128):
-        # A shell or a runtime exiting "as if" killed: 137 is the classic OOM-killer report.
-        name = _signal_name(code - 128)
-        hint = _HINTS.get(name)
-        return f"exit code {code} ({name}{', ' + hint if hint else ''})"
-    return f"exit code {code}"
+from sweep_magic.protocol.exits import describe_exit  # noqa: F401  (re-exported: the supervisor's name for it)
 
 
 def signal_group(pgid: int, sig: int) -> bool:
@@ -90,11 +60,12 @@ def wait_until(predicate, timeout: float | None, step: float = 0.05) -> bool:
 
 
 class LocalAgentProcess:
-    """One worker process on this machine (see the module diagram)."""
+    """One worker process on this machine (see the module diagram); ``proc`` is a ``Popen``
+    or a ``warm.ZygoteProcess`` (anything with ``pid``, ``wait()`` and ``returncode``)."""
 
     node = ""
 
-    def __init__(self, proc: subprocess.Popen, spec, events_fd: int, lifeline_fd: int, spec_path: str):
+    def __init__(self, proc, spec, events_fd: int, lifeline_fd: int, spec_path: str):
         self._proc = proc
         self._spec = spec
         self._events_fd = events_fd
@@ -111,13 +82,12 @@ class LocalAgentProcess:
             yield from stream
 
     def signal(self, sig: int) -> bool:
-        return signal_group(self.pid, sig)
+        # A warm-started worker makes its own group a moment after the fork: until then,
+        # the process alone.
+        return signal_group(self.pid, sig) or _signal_pid(self.pid, sig)
 
     def drain(self) -> None:
-        try:
-            os.kill(self.pid, signal.SIGUSR1)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _signal_pid(self.pid, signal.SIGUSR1)
 
     def wait(self) -> int:
         return self._proc.wait()
@@ -147,24 +117,14 @@ class LocalBackend:
         fd, spec_path = tempfile.mkstemp(prefix=".spec-", dir=self._spec_dir)  # 0600: it may hold a key
         with os.fdopen(fd, "wb") as f:
             cloudpickle.dump(spec, f)
+        env = child_env.child_env(os.environ, spec)
         events_r, events_w = os.pipe()
         life_r, life_w = os.pipe()  # only we hold the write end: its EOF is our death
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             os.write(log_fd, (header + "\n").encode())
-            cmd = [
-                sys.executable, "-m", "sweep_magic.worker", "--spec", spec_path,
-                "--events-fd", str(events_w), "--lifeline-fd", str(life_r),
-            ]  # fmt: skip
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=subprocess.STDOUT,
-                env=child_env.child_env(os.environ, spec),
-                pass_fds=(events_w, life_r),
-                start_new_session=True,  # its own process group: signals reach the user's children too
-            )
+            proc = _start_warm(spec_path, env, events_w, life_r, log_fd) or _start_cold(
+                spec_path, env, events_w, life_r, log_fd)
         except BaseException:
             for x in (events_r, life_w):
                 os.close(x)
@@ -176,6 +136,44 @@ class LocalBackend:
         return LocalAgentProcess(proc, spec, events_r, life_w, spec_path)
 
 
+def _start_cold(spec_path: str, env: dict, events_w: int, life_r: int, log_fd: int) -> subprocess.Popen:
+    """A fresh interpreter: ``python -m sweep_magic.worker``."""
+    cmd = [
+        sys.executable, "-m", "sweep_magic.worker", "--spec", spec_path,
+        "--events-fd", str(events_w), "--lifeline-fd", str(life_r),
+    ]  # fmt: skip
+    return subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=log_fd,
+        stderr=subprocess.STDOUT,
+        env=env,
+        pass_fds=(events_w, life_r),
+        start_new_session=True,  # its own process group: signals reach the user's children too
+    )
+
+
+def _start_warm(spec_path: str, env: dict, events_w: int, life_r: int, log_fd: int):
+    """A fork of this kernel's zygote, or None (then the caller starts a fresh interpreter)."""
+    from sweep_magic.agents import warm
+
+    zygote = warm.zygote_for(env)
+    if zygote is None:
+        return None
+    try:
+        return warm.ZygoteProcess(zygote, zygote.fork(spec_path, env, os.getcwd(), events_w, life_r, log_fd))
+    except OSError:
+        return None
+
+
+def _signal_pid(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
 def report_lost_run(spec, run_id: str, state: str, code: int) -> None:
     """Tell the embedded server at once that a run died with its agent, so the sweep does
     not wait for the agent's heartbeats to time out before it can finish."""
@@ -183,7 +181,7 @@ def report_lost_run(spec, run_id: str, state: str, code: int) -> None:
         return
     try:
         sidechannel.report_finish(spec.report_url, spec.env.get("WANDB_API_KEY", ""), run_id, state=state, exit_code=code)
-    except Exception:
+    except Exception:  # noqa: BLE001 - best effort: the server settles the run from missed heartbeats
         pass  # the server settles it from missed heartbeats instead
 
 

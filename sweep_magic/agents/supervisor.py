@@ -3,7 +3,7 @@
     kernel process                                          worker process group (one per agent)
     ┌───────────────────────────────────────────┐           ┌─────────────────────────────────┐
     │ Supervisor                                │  spec file│ python -m sweep_magic.worker    │
-    │  control thread ── Popen ─────────────────┼──(0600)──►│   wandb.agent → run thread       │
+    │  control thread ── backend.start ─────────┼──(0600)──►│   wandb.agent → run thread       │
     │   (spawns, restarts with backoff,          │           │   flusher thread ─┐             │
     │    polls log tails)                        │  events   │                   ▼             │
     │  reader thread × N ◄──────────────────────┼───pipe────┤ events fd (JSON lines)          │
@@ -34,7 +34,7 @@ import queue
 import signal
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from sweep_magic.agents.backend import AgentProcess, Backend
 from sweep_magic.agents.local import LocalBackend, describe_exit, wait_until
@@ -53,6 +53,8 @@ from sweep_magic.protocol.events import (
 from sweep_magic.snapshot import AGENT_ENDED, RunSnapshot, SessionSnapshot
 
 TAIL_POLL_SECONDS = 0.5
+EXIT_AGENT_ERROR = 3  # the worker's "could not run" status (worker/main.py)
+UNKNOWN_DEATH = -9  # gone without a word: as if killed
 
 
 class Supervisor:
@@ -267,7 +269,7 @@ class Supervisor:
                     spec = self._spec_for_slot(agent.slot)
                     header = f"[sweep_magic] agent {agent.index} ({agent.slot.label}) starting"
                     proc = self._backend.start(spec, log_path=agent.log_path, header=header)
-                except Exception as err:
+                except Exception as err:  # noqa: BLE001 - whatever stops a start is the agent's failure, shown in its row
                     self._end(agent, "failed", f"could not start: {type(err).__name__}: {err}")
                     self._changed()
                 else:
@@ -332,7 +334,7 @@ class Supervisor:
                 self._runs[event.run_id] = dict(
                     run_id=event.run_id, agent=agent.index, name=event.name, config=dict(event.config),
                     state="running", step=None, metrics={}, summary={}, started_at=event.t,
-                    ended_at=None, error=None, dir=event.dir, url=event.url,
+                    ended_at=None, error=None, dir=event.dir, url=event.url, pid=event.pid,
                 )  # fmt: skip
                 agent.current_run = event.run_id
                 if agent.state != "draining":
@@ -372,6 +374,8 @@ class Supervisor:
         the worker could not report itself."""
         if agent.proc is not proc:
             return None
+        if code is None:  # the host lost track of the exit status: what did the worker say?
+            code = (EXIT_AGENT_ERROR if agent.exit_error else 0) if agent.exit_reason else UNKNOWN_DEATH
         lost = None
         agent.exit_code = code
         agent.read_tail()
@@ -438,7 +442,7 @@ class Supervisor:
         if pending and self._on_change is not None:
             try:
                 self._on_change()
-            except Exception:
+            except Exception:  # noqa: BLE001 - a broken subscriber must not kill a reader or waiter thread
                 pass  # a broken subscriber must not kill a reader or waiter thread
 
     # ------------------------------------------------------------------ logs and snapshots

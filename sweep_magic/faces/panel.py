@@ -22,6 +22,9 @@ import threading
 import time
 import traceback
 
+from sweep_magic.errors import SweepMagicError
+from sweep_magic.faces.kernel import shell as _current_shell
+from sweep_magic.faces.kernel import widgets_available
 from sweep_magic.faces.panel_html import (
     agent_row_html,
     agents_header_html,
@@ -31,9 +34,6 @@ from sweep_magic.faces.panel_html import (
     log_html,
     results_html,
 )
-from sweep_magic.errors import SweepMagicError
-from sweep_magic.faces.kernel import shell as _current_shell
-from sweep_magic.faces.kernel import widgets_available
 
 __all__ = ["SessionPanel", "show_panel", "panel_for", "widgets_available"]
 
@@ -41,7 +41,7 @@ _PANELS: dict = {}  # session id -> SessionPanel: showing a session twice shows 
 _PANELS_LOCK = threading.RLock()  # panel_for builds under it and __init__ registers
 
 
-def panel_for(session, **kwargs) -> "SessionPanel":
+def panel_for(session, **kwargs) -> SessionPanel:
     """The one panel of ``session`` (built on first use), so every display of it stays live."""
     with _PANELS_LOCK:
         panel = _PANELS.get(session.id)
@@ -50,7 +50,7 @@ def panel_for(session, **kwargs) -> "SessionPanel":
         return panel
 
 
-def show_panel(shell=None, *, launch, local_sweep, **defaults) -> "SessionPanel":
+def show_panel(shell=None, *, launch, local_sweep, **defaults) -> SessionPanel:
     """``%sweep_parallel`` with nothing said: display a panel whose form asks for the rest.
 
     ``defaults`` pre-fill the form: ``sweep_id``, ``function`` (a name or the callable),

@@ -12,9 +12,9 @@ import types
 
 import ipywidgets as W
 
-from sweep_magic.faces.panel_html import gpu_html
 from sweep_magic.devices import available_cores, current_user
 from sweep_magic.errors import SweepMagicError
+from sweep_magic.faces.panel_html import gpu_html
 
 # Names IPython puts in the user namespace that are not the user's functions.
 _IPYTHON_NAMES = frozenset({"exit", "quit", "get_ipython", "open", "display", "In", "Out"})

@@ -24,8 +24,8 @@ import collections
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 
 @dataclass
@@ -151,7 +151,7 @@ class Refresher:
             last_pass = time.monotonic()
             try:
                 pending = self.run_pass()
-            except Exception:  # a refresher that dies silently is a frozen panel: record, go on
+            except Exception:  # noqa: BLE001 - a refresher that dies silently is a frozen panel: record, go on
                 self.stats.errors += 1
                 self.stats.last_error = traceback.format_exc()
                 pending = False

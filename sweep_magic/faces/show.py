@@ -64,5 +64,5 @@ def _panel(session):
         from sweep_magic.faces.panel import panel_for
 
         return panel_for(session)  # one live panel per session, however often it is shown
-    except Exception:  # the text face is always there to fall back on
+    except Exception:  # noqa: BLE001 - the text face is always there to fall back on
         return None

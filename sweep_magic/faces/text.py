@@ -5,7 +5,7 @@ which follows a live session from ONE refresher thread at a bounded rate and
 hands text to a sink: a display handle in a kernel (updated in place, so the
 text stays in the cell that launched the sweep even after it returned), or a
 stream in terminal IPython and plain Python.  Never ``print`` from a background
-thread in a kernel: the text lands in whichever cell ran last (see DESIGN.md).
+thread in a kernel: the text lands in whichever cell ran last (docs/architecture.md).
 
     [agent 0 · cpu 0] run k3x9 started  lr=0.01 batch=32
     [agent 0 · cpu 0] run k3x9 finished in 4.1s  loss=0.231  lr=0.01 batch=32
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from sweep_magic.errors import last_line
 from sweep_magic.faces.fmt import fmt_seconds, fmt_value
@@ -146,7 +146,7 @@ def table(snap: SessionSnapshot, limit: int | None = MAX_TABLE_ROWS) -> str:
         row += [fmt_value(run.config[k]) if k in run.config else "" for k in keys]
         rows.append(row)
     widths = [max(len(c), *(len(r[j]) for r in rows)) for j, c in enumerate(cols)]
-    fmt = "  ".join("{:<%d}" % w for w in widths)
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*cols), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*row) for row in rows]
     if more:
@@ -235,7 +235,7 @@ class TextView:
                 text = "\n".join(new + (["", header(snap), table(snap)] if snap.done else []))
                 if text:
                     self._sink(text + "\n")
-        except Exception:  # a closed stream or a gone frontend must not kill the sweep
+        except Exception:  # noqa: BLE001 - a closed stream or a gone frontend must not kill the sweep
             return True
         return snap.done
 

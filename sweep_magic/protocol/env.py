@@ -2,7 +2,7 @@
 
 Built by the supervisor (so wandb-core and every import in the child see it from
 the first instruction) and checked again by the worker.  The kernel's wandb state
-must not leak (WANDB_PROTOCOL.md §6): an inherited WANDB_SERVICE makes every worker
+must not leak (docs/protocol.md §6): an inherited WANDB_SERVICE makes every worker
 share, and die with, the kernel's wandb-core.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 # Per-run and per-process wandb state a kernel may hold after touching wandb.
 STALE = (
@@ -27,7 +27,7 @@ STALE = (
     "WANDB_JOB_TYPE",
     "WANDB_CONFIG_PATHS",
     "WANDB_NOTEBOOK_NAME",
-    # pyagent's "disable flapping" switch makes it stop after the *first* failure (§2);
+    # pyagent's "disable flapping" switch makes it stop after the *first* failure (docs/protocol.md §2);
     # the worker disables the check by patching the class instead.
     "WANDB_AGENT_DISABLE_FLAPPING",
 )
@@ -46,23 +46,31 @@ LOCAL_DEFAULTS = {
 SYS_PATH_VAR = "SWEEP_MAGIC_SYS_PATH"
 
 
-def child_env(base: Mapping[str, str], spec) -> dict[str, str]:
-    """``base`` (the kernel's env) scrubbed and overlaid with the spec's env."""
-    env = dict(base)
-    for name in (*STALE, *spec.remove_env):
-        env.pop(name, None)
+def fresh_process_env(base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` (the kernel's env) as any process of ours starts with it: the kernel's wandb
+    state removed, an inline matplotlib backend replaced, unbuffered output, and this very
+    copy of sweep_magic importable."""
+    env = {k: v for k, v in base.items() if k not in STALE}
     if env.get("MPLBACKEND", "").startswith("module://matplotlib_inline"):
         # The kernel's inline backend needs IPython, which a worker does not have.
         env["MPLBACKEND"] = "Agg"
     env["PYTHONUNBUFFERED"] = "1"  # user prints reach the log file (and its tail) at once
-    if spec.report_url:
-        for name, value in LOCAL_DEFAULTS.items():
-            env.setdefault(name, value)
     # The worker runs `-m sweep_magic.worker`: when the package is not installed (a source
     # checkout on sys.path), point the fresh interpreter at this very copy.
     if not _installed():
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def child_env(base: Mapping[str, str], spec) -> dict[str, str]:
+    """``base`` (the kernel's env) scrubbed and overlaid with the spec's env."""
+    env = fresh_process_env(base)
+    for name in spec.remove_env:
+        env.pop(name, None)
+    if spec.report_url:
+        for name, value in LOCAL_DEFAULTS.items():
+            env.setdefault(name, value)
     env[SYS_PATH_VAR] = os.pathsep.join(os.path.abspath(p) for p in sys.path if p and os.path.isdir(p))
     env.update({k: str(v) for k, v in spec.env.items()})
     for name in STALE:  # last: not even a spec that copied the kernel's WANDB_* may bring them back

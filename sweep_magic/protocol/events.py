@@ -80,6 +80,7 @@ class RunStarted(Event):
     config: dict
     dir: str | None = None
     url: str | None = None
+    pid: int | None = None  # the process the run ran in (its own with isolate="run" and for programs)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,13 @@ The parts, one job each::
     httpd.py          HTTP: auth, size limits, routing      (ThreadingHTTPServer)
     graphql_core.py   GraphQL request → dict                 (graphql-core, schema.py's SDL)
     controller.py     sweep decisions                        (W&B's `sweeps` engine)
+    settle.py         runs nobody reported, silent agents    (finalizer and reaper threads)
     store.py          SQLite file                            (0600 file, 0700 folder, WAL)
-    results_reader.py results of unhooked runs               (wandb-core's .wandb reader)
+    results_reader.py results of unhooked runs               (our own .wandb framing + wandb's Record protobuf)
     __main__.py       `python -m sweep_magic.server`
+
+Any number of servers (kernels, scripts, the CLI) may open one database at once: each decision
+is one SQLite transaction, so each grid point still runs once (docs/server.md).
 """
 
 from __future__ import annotations
@@ -56,8 +60,13 @@ class LocalServer:
         self._store = Store(self.db_path)
         # The key lives with the database (0600): a server restarted on the same file keeps
         # its agents, which still hold the old key in their environment.
-        self.api_key = api_key or self._store.meta("api_key") or new_api_key()
-        self._store.set_meta("api_key", self.api_key)
+        # Every server on one file shares the first key stored there, so two processes that
+        # create the file at once cannot leave one of them with a key the file forgot.
+        if api_key:
+            self._store.set_meta("api_key", api_key)
+            self.api_key = api_key
+        else:
+            self.api_key = self._store.meta_setdefault("api_key", new_api_key())
         self.controller = Controller(
             self._store, wandb_dirs=default_wandb_dirs() + list(wandb_dirs or []),
             agent_timeout=agent_timeout or DEFAULT_AGENT_TIMEOUT)
@@ -69,6 +78,7 @@ class LocalServer:
         bound_host, self.port = self._httpd.server_address[:2]
         self.host = bound_host
         self.url = f"http://{bound_host}:{self.port}"
+        self.controller.server_url = self.url  # known only once bound (port 0)
         self.controller.start()
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name=f"sweep-server-{self.port}", daemon=True)
@@ -98,6 +108,10 @@ class LocalServer:
     def sweep_info(self, sweep_id: str) -> dict:
         """The sweep's row: ``config``, ``state``, ``entity``, ``project``, ..."""
         return dict(self.controller.sweep(sweep_id))
+
+    def nothing_left(self, sweep_id: str) -> bool:
+        """True when the sweep will hand out no more runs and none is in flight."""
+        return self.controller.nothing_left(sweep_id)
 
     def sweep_state(self, sweep_id: str) -> str:
         return self.controller.sweep(sweep_id)["state"]

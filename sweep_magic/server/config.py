@@ -75,7 +75,7 @@ def validate_config(config) -> list[str]:
         sweeps.next_run(engine, [])
         if engine.get("early_terminate"):
             sweeps.stop_runs(engine, [])
-    except Exception as err:  # the engine raises ValueError, KeyError, TypeError, jsonschema errors
+    except Exception as err:  # noqa: BLE001 - the engine raises ValueError, KeyError, TypeError, jsonschema errors
         # jsonschema appends the whole schema after a blank line: the first line is the reason.
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         extra = f" (schema: {'; '.join(w.splitlines()[0] for w in warnings)})" if warnings else ""

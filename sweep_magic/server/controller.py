@@ -13,34 +13,38 @@ Run states (column ``runs.state``)::
        └──► reclaimed (handed out again)        ending ──run file / nothing──► finished|failed|crashed|killed
                                                  side-channel finish (any time) ──► finished|failed|killed
 
-``ending`` runs are finished by a background thread that reads the offline run file with
-wandb's reader, so the 30 ms subprocess never runs under the lock.  A second thread (the
-reaper) marks agents gone when they stop heartbeating and, for hyperband sweeps, reads the
-live run files of runs nobody reports.  One lock serialises every decision: "each grid point
-exactly once" needs read-suggest-write to be atomic across agents.
+Several processes may serve one database at once (two kernels, a script, ``python -m
+sweep_magic.server``), so no decision rests on a lock or a memory of this process: each one
+(a hand-out, a reclaim, a finish, a state change) is one store transaction (``BEGIN
+IMMEDIATE``) that re-reads the rows it decides on, the engine's suggestion included.  Two
+processes can then never hand out one grid point twice.  Runs nobody reported are settled by
+``settle.Settler`` (finalizer and reaper threads) on evidence all processes share.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
 import secrets
 import string
-import threading
 import time
 from collections import Counter
 
-from sweep_magic.server import results_reader
-from sweep_magic.server.config import (SWEEP_STATES, BadInput, NotFound, jsonable, sweeps_engine,
-                                       point_key, split_config, validate_config)
+from sweep_magic.server.config import (
+    SWEEP_STATES,
+    BadInput,
+    NotFound,
+    jsonable,
+    point_key,
+    split_config,
+    sweeps_engine,
+    validate_config,
+)
+from sweep_magic.server.settle import MAX_RECLAIMS_PER_POINT, Settler  # noqa: F401 (re-exported)
 from sweep_magic.server.store import ACTIVE_RUN_STATES, Store
 
 log = logging.getLogger(__name__)
 
-# A grid point handed out and dropped this many times is marked failed, so a function that
-# dies before wandb.init cannot keep a sweep busy for ever.
-MAX_RECLAIMS_PER_POINT = 3
 DEFAULT_AGENT_TIMEOUT = 75.0  # 3 missed 5 s heartbeats + wandb-core's 60 s retry window
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
@@ -50,39 +54,44 @@ def new_id(n: int = 8) -> str:
 
 
 class Controller:
-    """Every decision of one server, over one ``Store``; thread-safe."""
+    """Every decision of one server, over one ``Store``; thread- and process-safe.
+
+    ``server_url``: this server's address, stored with the agents it registers, so that a
+    restart on the same address gives those agents (and no other server's) a grace period."""
 
     def __init__(self, store: Store, *, wandb_dirs: list[str] | None = None,
-                 agent_timeout: float = DEFAULT_AGENT_TIMEOUT, entity: str = "local"):
+                 agent_timeout: float = DEFAULT_AGENT_TIMEOUT, entity: str = "local",
+                 server_url: str | None = None):
         self.store = store
         self.entity = entity
         self.agent_timeout = agent_timeout
         self.wandb_dirs = list(wandb_dirs or [])
-        self._lock = threading.RLock()
-        self._ending: queue.Queue = queue.Queue()
-        self._early_stop_dirty: set[str] = set()
-        self._reported: set[str] = set()  # runs whose history comes over the side channel
-        self._closing = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self.server_url = server_url
+        self.settler = Settler(self)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
-        with self._lock:
-            # A restart is our outage, not the agents': give them a fresh grace period.
-            self.store.touch_all_agents(time.time())
-            for run in self.store.runs_in_state("ending"):
-                self._ending.put(run["id"])
-            self._early_stop_dirty.update(self.store.sweep_ids(("RUNNING",)))
-        for target, name in ((self._finalizer_loop, "finalizer"), (self._reaper_loop, "reaper")):
-            t = threading.Thread(target=target, name=f"sweep-server-{name}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        if self.server_url:
+            # A restart is this server's outage, not its agents': they kept retrying our address
+            # (wandb-core retries for 60 s), so they get a fresh grace period.  Agents of other
+            # servers were heard by those servers and keep their times.
+            touched = self.store.touch_agents_of(self.server_url, time.time())
+            if touched:
+                log.info("%d agents of %s get a fresh grace period", touched, self.server_url)
+        self.settler.start()
 
     def close(self) -> None:
-        self._closing.set()
-        self._ending.put(None)
-        for t in self._threads:
-            t.join(timeout=10)
+        self.settler.close()
+
+    # The settling side, kept reachable here for callers and tests.
+    def finalize(self, run_id: str) -> None:
+        self.settler.finalize(run_id)
+
+    def reap(self, now: float | None = None) -> list[str]:
+        return self.settler.reap(now)
+
+    def read_live_history(self) -> int:
+        return self.settler.read_live_history()
 
     # -- sweeps -------------------------------------------------------------------------------
     def create_sweep(self, config: dict, *, entity: str | None = None, project: str | None = None,
@@ -91,8 +100,7 @@ class Controller:
         sweep_id = new_id()
         entity = entity or config.get("entity") or self.entity
         project = project or config.get("project") or "uncategorized"
-        with self._lock:
-            self.store.add_sweep(sweep_id, entity, project, config, **extra)
+        self.store.add_sweep(sweep_id, entity, project, config, **extra)  # one INSERT: atomic
         log.info("sweep %s created (%s)", sweep_id, config.get("method"))
         return sweep_id, warnings
 
@@ -100,12 +108,12 @@ class Controller:
         state = state.upper()
         if state not in SWEEP_STATES:
             raise BadInput(f"unknown sweep state {state!r}; use one of {', '.join(SWEEP_STATES)}")
-        with self._lock:
+        with self.store.transaction():
             self.sweep(sweep_id)
             self.store.update_sweep(sweep_id, state=state)
 
     def set_sweep_fields(self, sweep_id: str, **fields) -> None:
-        with self._lock:
+        with self.store.transaction():
             self.sweep(sweep_id)
             if fields:
                 self.store.update_sweep(sweep_id, **fields)
@@ -125,17 +133,20 @@ class Controller:
 
     # -- agents -------------------------------------------------------------------------------
     def create_agent(self, sweep_id: str, host: str | None) -> str:
-        with self._lock:
+        with self.store.transaction():
             sweep = self.sweep(sweep_id)
             if sweep["state"] in ("CANCELED", "FINISHED"):
                 # Allowed (the agent will get `exit`), but worth a line in the log.
                 log.info("agent registering on %s sweep %s", sweep["state"].lower(), sweep_id)
             agent_id = new_id()
-            self.store.add_agent(agent_id, sweep_id, host)
+            # Its timeout and our run-file dirs go with it: another server that reaps it or
+            # settles its runs judges by these, not by its own settings.
+            self.store.add_agent(agent_id, sweep_id, host, server_url=self.server_url,
+                                 timeout_s=self.agent_timeout, search_dirs=self.wandb_dirs)
         return agent_id
 
     def hello(self, agent_id: str, body: dict) -> None:
-        with self._lock:
+        with self.store.transaction():
             if self.store.agent(agent_id) is None:
                 raise NotFound(f"agent {agent_id!r} not found")
             fields = {"prefetch": 1 if body.get("prefetch") else 0, "last_seen": time.time()}
@@ -151,7 +162,9 @@ class Controller:
     def heartbeat(self, agent_id: str, run_state) -> list[dict]:
         """One agent heartbeat → at most one command (pyagent reads only ``commands[0]``)."""
         listed = _parse_run_state(run_state)
-        with self._lock:
+        ending = []
+        sweeps_engine()  # the first import takes a second: never while holding the write lock
+        with self.store.transaction():
             agent = self.store.agent(agent_id)
             if agent is None or agent["gone"]:
                 raise NotFound(f"agent {agent_id!r} not found")
@@ -159,16 +172,23 @@ class Controller:
             if sweep is None:
                 raise NotFound(f"sweep {agent['sweep_id']!r} not found")
             now = time.time()
-            self.store.update_agent(agent_id, last_seen=now)
+            # In the database, not in memory: every process's reaper judges by this time.
+            fields = {"last_seen": now}
+            if self.server_url and agent["server_url"] != self.server_url:
+                fields["server_url"] = self.server_url  # registered by an older server version
+            self.store.update_agent(agent_id, **fields)
             for run in self.store.active_runs_of_agent(agent_id):
                 if run["id"] in listed:
                     if run["state"] == "pending" or not run["seen"]:
                         self.store.update_run(run["id"], state="running", seen=1,
                                               started_at=run["started_at"] or now)
                 elif run["state"] in ("pending", "running"):
-                    self._to_ending(run["id"])
+                    self.store.update_run(run["id"], state="ending", ending_at=now)
+                    ending.append(run["id"])
             self._early_stop(sweep)
-            return self._command_for(agent, sweep, listed)
+            commands = self._command_for(agent, sweep, listed)
+        self.settler.enqueue(ending)  # after the commit, so the finalizer reads what we wrote
+        return commands
 
     def _command_for(self, agent: dict, sweep: dict, listed: set[str]) -> list[dict]:
         mine = {r["id"]: r for r in self.store.active_runs_of_agent(agent["id"])}
@@ -190,6 +210,14 @@ class Controller:
             return [{"type": "exit"}]
         return []
 
+    def nothing_left(self, sweep_id: str) -> bool:
+        """True when no agent will get another run of this sweep: what ``exit`` is sent for.
+        (May mark the sweep FINISHED, as a heartbeat would.)"""
+        sweeps_engine()  # never imported while holding the write lock
+        with self.store.transaction():
+            sweep = self.store.sweep(sweep_id)
+            return sweep is not None and self._agents_may_exit(sweep)
+
     def _agents_may_exit(self, sweep: dict) -> bool:
         if sweep["state"] in ("CANCELED", "FINISHED"):
             return True
@@ -210,12 +238,12 @@ class Controller:
         SweepRun = sweeps_engine().SweepRun
         engine, _, retry = split_config(sweep["config"])
         runs = self.store.runs_of_sweep(sweep["id"])
-        failures = Counter(r["point"] for r in runs if r["state"] in ("failed", "crashed"))
+        failures = Counter(r["point"] for r in runs if _known_failure(r))
         out = []
         for r in runs:
             if r["state"] == "reclaimed":
                 continue
-            if (retry and engine.get("method") == "grid" and r["state"] in ("failed", "crashed")
+            if (retry and engine.get("method") == "grid" and _known_failure(r)
                     and failures[r["point"]] <= retry):
                 continue  # hidden from the engine, so it hands the point out again
             state = "running" if r["state"] == "ending" else r["state"]
@@ -245,9 +273,10 @@ class Controller:
     def _early_stop(self, sweep: dict) -> None:
         sweeps = sweeps_engine()
         engine, _, _ = split_config(sweep["config"])
-        if not engine.get("early_terminate") or sweep["id"] not in self._early_stop_dirty:
+        # The flag lives in the database: results that reached another server count here too.
+        if not engine.get("early_terminate") or not sweep["early_stop_due"]:
             return
-        self._early_stop_dirty.discard(sweep["id"])
+        self.store.set_early_stop_due(sweep["id"], False)
         try:
             to_stop = sweeps.stop_runs(engine, self._engine_runs(sweep, with_history=True))
         except Exception:
@@ -266,7 +295,7 @@ class Controller:
         return run
 
     def run_started(self, run_id: str) -> None:
-        with self._lock:
+        with self.store.transaction():
             run = self._run(run_id)
             fields = {"started": 1, "started_at": run["started_at"] or time.time()}
             if run["state"] == "pending":
@@ -276,13 +305,13 @@ class Controller:
     def run_history(self, run_id: str, rows) -> None:
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise BadInput("'rows' must be a list of objects")
-        with self._lock:
+        with self.store.transaction():
             run = self._run(run_id)
-            self._reported.add(run_id)
             self.store.append_history(run_id, rows)
-            if not run["started"]:
-                self.store.update_run(run_id, started=1, started_at=run["started_at"] or time.time())
-            self._early_stop_dirty.add(run["sweep_id"])
+            if not (run["started"] and run["reported"]):
+                # `reported`: no server reads this run's live file, which would overwrite these rows.
+                self.store.update_run(run_id, started=1, reported=1, started_at=run["started_at"] or time.time())
+            self.store.set_early_stop_due(run["sweep_id"])
 
     def run_finished(self, run_id: str, body: dict) -> None:
         exit_code = body.get("exit_code", 0)
@@ -294,139 +323,23 @@ class Controller:
         summary = body.get("summary") or {}
         if not isinstance(summary, dict):
             raise BadInput("'summary' must be an object")
-        with self._lock:
+        with self.store.transaction():
             run = self._run(run_id)
             if run["should_stop"] and state == "failed":
                 state = "killed"  # pyagent finishes a stopped run with exit code 1
+            if run["state"] == "reclaimed":
+                # Settled as never started, yet it ran: its point may now run twice.  The report
+                # is the truth, so it is kept; the log says the evidence was wrong.
+                log.warning("run %s reported a finish after its point was handed out again", run_id)
             self.store.update_run(run_id, state=state, exit_code=exit_code, summary=jsonable(summary),
-                                  started=1, ended_at=time.time())
-            self._early_stop_dirty.add(run["sweep_id"])
-
-    # -- runs nobody reported -----------------------------------------------------------------
-    def _to_ending(self, run_id: str) -> None:
-        self.store.update_run(run_id, state="ending")
-        self._ending.put(run_id)
-
-    def _finalizer_loop(self) -> None:
-        while True:
-            run_id = self._ending.get()
-            if run_id is None or self._closing.is_set():
-                return
-            try:
-                self.finalize(run_id)
-            except Exception:
-                log.exception("finalizing run %s failed", run_id)
-
-    def finalize(self, run_id: str) -> None:
-        """Settle an ``ending`` run from its run file, or reclaim it / mark it crashed."""
-        with self._lock:
-            run = self.store.run(run_id)
-            if run is None or run["state"] != "ending":
-                return  # the side channel won the race
-            agent = self.store.agent(run["agent_id"]) or {}
-            dirs = self.wandb_dirs + ([agent["wandb_dir"]] if agent.get("wandb_dir") else [])
-        found = results_reader.lookup(run_id, dirs)  # outside the lock: a subprocess
-        with self._lock:
-            run = self.store.run(run_id)
-            if run is None or run["state"] != "ending":
-                return
-            sweep = self.store.sweep(run["sweep_id"]) or {"config": {}}
-            if found is not None:
-                state = found.state
-                if run["should_stop"] and state != "finished":
-                    state = "killed"
-                metric = (sweep["config"].get("metric") or {}).get("name")
-                rows = [_keep(row, metric) for row in found.history]
-                if metric:
-                    rows = [r for r in rows if metric in r]
-                self.store.replace_history(run_id, rows)
-                self.store.update_run(run_id, state=state, exit_code=found.exit_code, started=1,
-                                      summary=jsonable(found.summary), ended_at=time.time())
-            elif run["started"] or (run["seen"] and not agent.get("prefetch")):
-                # It ran (a plain agent lists a run only while it runs) and left no result.
-                self.store.update_run(run_id, state="crashed", ended_at=time.time())
-            else:
-                self._reclaim(run)
-            self._early_stop_dirty.add(run["sweep_id"])
-
-    def _reclaim(self, run: dict) -> None:
-        earlier = sum(1 for r in self.store.runs_of_sweep(run["sweep_id"])
-                      if r["point"] == run["point"] and r["state"] == "reclaimed")
-        if earlier + 1 >= MAX_RECLAIMS_PER_POINT:
-            log.warning("run %s never started %d times; marking it failed", run["id"], earlier + 1)
-            self.store.update_run(run["id"], state="failed", ended_at=time.time())
-        else:
-            log.info("run %s was never started; its point goes back to the queue", run["id"])
-            self.store.update_run(run["id"], state="reclaimed", ended_at=time.time())
-
-    def _reaper_loop(self) -> None:
-        tick = 0
-        while not self._closing.wait(1.0):
-            tick += 1
-            try:
-                self.reap()
-                if tick % 2 == 0:
-                    self.read_live_history()
-            except Exception:
-                log.exception("reaper failed")
-
-    def read_live_history(self) -> int:
-        """Hyperband for runs nobody reports (CLI agents): read their run files while they run.
-
-        Best effort: wandb-core writes the file in 32 KiB blocks, so a run's history shows up
-        here only once it has logged a block's worth.  Returns how many runs got new history.
-        Runs fed by the side channel are skipped."""
-        with self._lock:
-            todo = []
-            for sweep_id in self.store.sweep_ids(("RUNNING",)):
-                sweep = self.store.sweep(sweep_id)
-                if not split_config(sweep["config"])[0].get("early_terminate"):
-                    continue
-                metric = (sweep["config"].get("metric") or {}).get("name")
-                for run in self.store.runs_of_sweep(sweep_id):
-                    if run["state"] == "running" and run["id"] not in self._reported:
-                        agent = self.store.agent(run["agent_id"]) or {}
-                        dirs = self.wandb_dirs + ([agent["wandb_dir"]] if agent.get("wandb_dir") else [])
-                        todo.append((run["id"], sweep_id, metric, dirs))
-        updated = 0
-        for run_id, sweep_id, metric, dirs in todo:
-            found = results_reader.lookup(run_id, dirs, live=True)  # outside the lock: a subprocess
-            if found is None:
-                continue
-            rows = [_keep(r, metric) for r in found.history]
-            rows = [r for r in rows if metric in r] if metric else rows
-            with self._lock:
-                run = self.store.run(run_id)
-                if (run and run["state"] == "running" and run_id not in self._reported
-                        and len(rows) > self.store.history_count(run_id)):
-                    self.store.replace_history(run_id, rows)
-                    self._early_stop_dirty.add(sweep_id)
-                    updated += 1
-        return updated
-
-    def reap(self, now: float | None = None) -> list[str]:
-        """Mark agents that stopped heartbeating as gone; settle their runs.  Returns their ids."""
-        now = time.time() if now is None else now
-        gone = []
-        with self._lock:
-            for agent in self.store.live_agents():
-                hb = agent["heartbeat_s"]
-                timeout = max(5.0, 3 * hb + 10) if hb else self.agent_timeout
-                if now - agent["last_seen"] <= timeout:
-                    continue
-                log.info("agent %s stopped heartbeating; treating it as gone", agent["id"])
-                self.store.update_agent(agent["id"], gone=1)
-                gone.append(agent["id"])
-                for run in self.store.active_runs_of_agent(agent["id"]):
-                    if run["state"] != "ending":
-                        self._to_ending(run["id"])
-        return gone
+                                  started=1, note=None, ended_at=time.time())
+            self.store.set_early_stop_due(run["sweep_id"])
 
 
-def _keep(row: dict, metric: str | None) -> dict:
-    if metric is None:
-        return {k: v for k, v in row.items() if not k.startswith("_") or k == "_step"}
-    return {k: v for k, v in row.items() if k in (metric, "_step")}
+def _known_failure(run: dict) -> bool:
+    """Failed or crashed for a known reason.  A run whose result is unknown (``note``) may
+    have finished fine, so ``retry_failed`` does not run its point again."""
+    return run["state"] in ("failed", "crashed") and not run.get("note")
 
 
 def _parse_run_state(run_state) -> set[str]:

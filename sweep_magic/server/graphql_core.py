@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import threading
 
 import graphql
 import yaml
@@ -36,6 +37,9 @@ def _error(message: str, code: str) -> dict:
     return {"message": message, "extensions": {"code": code}}
 
 
+MAX_CACHED_DOCUMENTS = 64
+
+
 class GraphQLCore:
     def __init__(self, controller: Controller):
         self.ctl = controller
@@ -56,6 +60,17 @@ class GraphQLCore:
             "createAgent": self._create_agent,
             "agentHeartbeat": self._heartbeat,
         }
+        # The client sends the same few query texts over and over (a heartbeat a second per
+        # agent): parsing and validating one costs ~1.2 ms, executing it ~0.05 ms.  Valid
+        # documents are kept by their text (ASTs are never changed by execution).
+        self._documents: dict[str, graphql.DocumentNode] = {}
+        self._documents_lock = threading.Lock()
+
+    def _remember(self, text: str, document) -> None:
+        with self._documents_lock:
+            if len(self._documents) >= MAX_CACHED_DOCUMENTS:
+                self._documents.pop(next(iter(self._documents)))  # oldest first: dicts keep order
+            self._documents[text] = document
 
     # -- entry point --------------------------------------------------------------------------
     def execute(self, body) -> dict:
@@ -75,13 +90,16 @@ class GraphQLCore:
         variables = body.get("variables") or {}
         if not isinstance(variables, dict):
             return {"errors": [_error("'variables' must be an object", BAD_REQUEST)]}
-        try:
-            document = graphql.parse(body["query"])
-        except graphql.GraphQLError as err:
-            return {"errors": [_error(err.message, BAD_REQUEST)]}
-        problems = graphql.validate(self.schema, document)
-        if problems:
-            return {"errors": [_error(p.message, BAD_REQUEST) for p in problems]}
+        document = self._documents.get(body["query"])
+        if document is None:
+            try:
+                document = graphql.parse(body["query"])
+            except graphql.GraphQLError as err:
+                return {"errors": [_error(err.message, BAD_REQUEST)]}
+            problems = graphql.validate(self.schema, document)
+            if problems:
+                return {"errors": [_error(p.message, BAD_REQUEST) for p in problems]}
+            self._remember(body["query"], document)
         result = graphql.execute(self.schema, document, root_value=self._root, variable_values=variables,
                                  operation_name=body.get("operationName") or None)
         out: dict = {"data": result.data}
@@ -167,7 +185,7 @@ class GraphQLCore:
             "createdAt": _iso(run["created_at"]), "shouldStop": bool(run["should_stop"]),
             "failed": state in ("failed", "crashed"), "stopped": state == "killed",
             "running": state in ("running", "pending"), "tags": [], "group": None, "jobType": None,
-            "commit": None, "readOnly": False, "description": None, "notes": None,
+            "commit": None, "readOnly": False, "description": None, "notes": run.get("note"),
             "user": {"name": "local", "username": "local"},
         }
 

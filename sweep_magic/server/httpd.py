@@ -47,7 +47,7 @@ def _authorized(header: str | None, api_key: str) -> bool:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "SweepHTTPServer"
+    server: SweepHTTPServer
     protocol_version = "HTTP/1.1"
 
     def log_message(self, fmt, *args):  # request line only; never headers (they hold the key)

@@ -1,6 +1,6 @@
 """The GraphQL SDL the server answers: the subset of W&B's schema that wandb 0.31's sweep paths select.
 
-Measured against the client (see WANDB_PROTOCOL.md).  A client query that selects a field missing
+Measured against the client (docs/protocol.md §1, §7).  A client query that selects a field missing
 here fails validation with a message naming the field, instead of silently getting a wrong shape.
 Kept as a Python string (not a .graphql file) so it ships in any wheel without package-data setup.
 """

@@ -1,10 +1,16 @@
 """SQLite persistence of the embedded sweep server: sweeps, agents, runs, history rows.
 
 The store owns the file (folder 0700, file 0600, WAL journal) and plain row access; it makes
-no decisions.  One connection is shared by every thread and guarded by a lock: the server's
-traffic is a few requests a second, and one writer keeps the controller's read-decide-write
-steps simple.  Every write commits at once, so a server killed with SIGKILL loses nothing it
-has already answered (WAL with ``synchronous=NORMAL`` is durable against a process crash).
+no decisions.  Several processes may open one file at once (two notebook kernels, a script,
+``python -m sweep_magic.server``): ``transaction()`` is how the controller makes each decision
+safe across all of them.  It starts with ``BEGIN IMMEDIATE``, which takes SQLite's single write
+lock before the first read, so the rows a decision reads cannot change under it in any process
+until it commits; a second process waits (busy timeout) instead of deciding on stale rows.
+
+Inside one process, one connection is shared by every thread and guarded by a re-entrant
+lock, held for a whole transaction.  Every transaction commits before the reply leaves, so a
+server killed with SIGKILL loses nothing it has answered (WAL with ``synchronous=NORMAL`` is
+durable against a process crash; only an OS crash can lose the last commits).
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sweeps (
+# One statement per item: executescript() would commit the transaction they run in.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS sweeps (
     id TEXT PRIMARY KEY,
     entity TEXT NOT NULL,
     project TEXT NOT NULL,
@@ -29,8 +37,8 @@ CREATE TABLE IF NOT EXISTS sweeps (
     display_name TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS agents (
+)""",
+    """CREATE TABLE IF NOT EXISTS agents (
     id TEXT PRIMARY KEY,
     sweep_id TEXT NOT NULL,
     host TEXT,
@@ -41,10 +49,10 @@ CREATE TABLE IF NOT EXISTS agents (
     pid INTEGER,
     wandb_dir TEXT,
     gone INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS runs (
+)""",
+    """CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL,            -- order of hand-out within the server
+    seq INTEGER NOT NULL,            -- order of hand-out (one order across all processes)
     sweep_id TEXT NOT NULL,
     agent_id TEXT,
     config TEXT NOT NULL,            -- JSON {name: {"value": v}}
@@ -58,20 +66,41 @@ CREATE TABLE IF NOT EXISTS runs (
     created_at REAL NOT NULL,
     started_at REAL,
     ended_at REAL
-);
-CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs (sweep_id, seq);
-CREATE INDEX IF NOT EXISTS runs_by_agent ON runs (agent_id, state);
-CREATE TABLE IF NOT EXISTS meta (
+)""",
+    """CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs (sweep_id, seq)""",
+    """CREATE INDEX IF NOT EXISTS runs_by_agent ON runs (agent_id, state)""",
+    """CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS history (
+)""",
+    """CREATE TABLE IF NOT EXISTS history (
     run_id TEXT NOT NULL,
     idx INTEGER NOT NULL,
     row TEXT NOT NULL,
     PRIMARY KEY (run_id, idx)
-);
-"""
+)""",
+)
+
+# Columns added since the first release, added to any older file that lacks them, so a
+# server of this version can open a database written by an earlier one.
+_ADDED_COLUMNS = (
+    ("sweeps", "early_stop_due", "INTEGER NOT NULL DEFAULT 1"),  # new results since stop_runs last ran
+    ("agents", "server_url", "TEXT"),       # the server the agent talks to (restart grace)
+    ("agents", "timeout_s", "REAL"),        # silence after which it is gone, set by that server
+    ("agents", "search_dirs", "TEXT"),      # JSON: where that server looks for run files
+    ("runs", "reported", "INTEGER NOT NULL DEFAULT 0"),  # history arrives on the side channel
+    ("runs", "ending_at", "REAL"),          # when it left runState (a stale ending run is orphaned)
+    ("runs", "note", "TEXT"),               # why its outcome is unknown (state crashed)
+)
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state)",
+    "CREATE INDEX IF NOT EXISTS agents_live ON agents (gone)",
+)
+
+# How long a transaction waits for another process's write lock.  A decision holds it for
+# milliseconds (a bayes suggestion over many runs: up to a second or so); the client's
+# Heartbeat call gives up after 60 s, so waiting up to 30 s still answers in time.
+BUSY_TIMEOUT_S = 30.0
 
 ACTIVE_RUN_STATES = ("pending", "running", "ending")
 
@@ -93,13 +122,23 @@ class Store:
         self.path = os.path.abspath(path)
         _open_private(self.path)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                   timeout=BUSY_TIMEOUT_S)
         self._db.row_factory = sqlite3.Row
         with self._lock:
+            # The busy timeout first: another process may be creating the same file right now.
+            self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
+            with self.transaction():  # two processes opening an old file must not both migrate it
+                for statement in _SCHEMA:
+                    self._db.execute(statement)
+                for table, column, decl in _ADDED_COLUMNS:
+                    have = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                    if column not in have:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+                for statement in _INDEXES:
+                    self._db.execute(statement)
         # WAL side files are created by SQLite with the main file's mode on most builds;
         # make sure they are private anyway.
         for suffix in ("-wal", "-shm"):
@@ -135,6 +174,12 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         self._exec("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
+    def meta_setdefault(self, key: str, value: str) -> str:
+        """The stored value, or ``value`` stored now: the first of racing processes wins."""
+        with self.transaction():
+            self._exec("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            return self.meta(key)
+
     # -- sweeps -------------------------------------------------------------------------------
     def add_sweep(self, sweep_id: str, entity: str, project: str, config: dict, **extra) -> None:
         now = time.time()
@@ -158,6 +203,10 @@ class Store:
         cols = ", ".join(f"{k} = ?" for k in fields)
         self._exec(f"UPDATE sweeps SET {cols} WHERE id = ?", (*fields.values(), sweep_id))
 
+    def set_early_stop_due(self, sweep_id: str, due: bool = True) -> None:
+        """New results (or none since the last check); not a user-visible change of the sweep."""
+        self._exec("UPDATE sweeps SET early_stop_due = ? WHERE id = ?", (1 if due else 0, sweep_id))
+
     def sweep_ids(self, states: tuple[str, ...] | None = None) -> list[str]:
         if states:
             marks = ",".join("?" * len(states))
@@ -165,11 +214,13 @@ class Store:
         return [r["id"] for r in self._all("SELECT id FROM sweeps")]
 
     # -- agents -------------------------------------------------------------------------------
-    def add_agent(self, agent_id: str, sweep_id: str, host: str | None) -> None:
+    def add_agent(self, agent_id: str, sweep_id: str, host: str | None, *, server_url: str | None = None,
+                  timeout_s: float | None = None, search_dirs: list[str] | None = None) -> None:
         now = time.time()
         self._exec(
-            "INSERT INTO agents (id, sweep_id, host, created_at, last_seen) VALUES (?,?,?,?,?)",
-            (agent_id, sweep_id, host, now, now),
+            "INSERT INTO agents (id, sweep_id, host, created_at, last_seen, server_url, timeout_s, search_dirs)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (agent_id, sweep_id, host, now, now, server_url, timeout_s, json.dumps(search_dirs or [])),
         )
 
     def agent(self, agent_id: str) -> dict | None:
@@ -182,9 +233,12 @@ class Store:
     def live_agents(self) -> list[dict]:
         return self._all("SELECT * FROM agents WHERE gone = 0")
 
-    def touch_all_agents(self, now: float) -> None:
-        """After a restart, give every agent a fresh grace period: the outage was ours."""
-        self._exec("UPDATE agents SET last_seen = ? WHERE gone = 0", (now,))
+    def touch_agents_of(self, server_url: str, now: float) -> int:
+        """After a restart, give the agents of the server at ``server_url`` a fresh grace period:
+        the outage was that server's.  Other servers' agents keep their own heartbeat times."""
+        with self._lock:
+            return self._db.execute("UPDATE agents SET last_seen = ? WHERE gone = 0 AND server_url = ?",
+                                    (now, server_url)).rowcount
 
     # -- runs ---------------------------------------------------------------------------------
     def add_run(self, run_id: str, sweep_id: str, agent_id: str, config: dict, point: str) -> None:
@@ -218,6 +272,10 @@ class Store:
                 (agent_id, *ACTIVE_RUN_STATES),
             )
         ]
+
+    def running_runs_of_sweep(self, sweep_id: str) -> list[dict]:
+        return [self._decode_run(r) for r in self._all(
+            "SELECT * FROM runs WHERE sweep_id = ? AND state = 'running' ORDER BY seq", (sweep_id,))]
 
     def runs_in_state(self, state: str) -> list[dict]:
         return [self._decode_run(r) for r in self._all("SELECT * FROM runs WHERE state = ?", (state,))]
@@ -253,14 +311,21 @@ class Store:
 
 
 class _Transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on an exception), holding the thread lock
+    throughout; nested uses join the outer transaction."""
+
     def __init__(self, store: Store):
         self._store = store
 
     def __enter__(self):
         self._store._lock.acquire()
-        self._nested = self._store._db.in_transaction
-        if not self._nested:
-            self._store._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._nested = self._store._db.in_transaction
+            if not self._nested:
+                self._store._db.execute("BEGIN IMMEDIATE")  # waits up to BUSY_TIMEOUT_S
+        except BaseException:
+            self._store._lock.release()
+            raise
         return self._store
 
     def __exit__(self, exc_type, exc, tb):

@@ -41,13 +41,16 @@ def surface_check(spec=None) -> _wandb.Surface:
     return _wandb.check(tuple(groups))
 
 
-def install(reporter: Reporter, spec, found: _wandb.Surface | None = None) -> _wandb.Surface:
+def install(reporter: Reporter, spec, found: _wandb.Surface | None = None, *, job_command=None) -> _wandb.Surface:
     """Hook pyagent and Run for ``reporter``; raises ``HookMissing`` (one line) when this
-    wandb lacks a required touch point.  Returns the surface it was installed against."""
+    wandb lacks a required touch point.  Returns the surface it was installed against.
+    ``job_command(run_id, command)`` hears each run's whole command (``worker.isolation``).
+    Run is hooked here too when runs happen in child processes (harmless: no Run is made
+    here), so the views hear once that live detail is off; each child hooks its own."""
     found = found if found is not None else surface_check(spec)
     if found.refused:
         raise HookMissing(found.refusal())
-    install_agent_hooks(reporter, spec, found)
+    install_agent_hooks(reporter, spec, found, job_command=job_command)
     live = install_run_hooks(reporter, found)
     for line in found.notes():
         reporter.notice(line)
@@ -59,7 +62,7 @@ def install(reporter: Reporter, spec, found: _wandb.Surface | None = None) -> _w
     return found
 
 
-def install_agent_hooks(reporter: Reporter, spec, found: _wandb.Surface) -> None:
+def install_agent_hooks(reporter: Reporter, spec, found: _wandb.Surface, *, job_command=None) -> None:
     _wandb.disable_flapping(found)
     if spec.report_url:
         # Only against the embedded server: heartbeats to a shared W&B server stay at wandb's pace.
@@ -72,6 +75,7 @@ def install_agent_hooks(reporter: Reporter, spec, found: _wandb.Surface) -> None
             registered=reporter.registered,
             job_begin=reporter.job_begin,
             job_end=reporter.job_end,
+            job_command=job_command,
             commands=reporter.filter_commands,
             exited=lambda agent: reporter.wake(),
         ),
@@ -79,9 +83,16 @@ def install_agent_hooks(reporter: Reporter, spec, found: _wandb.Surface) -> None
     )
 
 
-def install_run_hooks(reporter: Reporter, found: _wandb.Surface) -> bool | None:
-    """True: live detail; False: the public fallback; None: neither could be installed."""
-    if _wandb.hook_run(reporter.run_started, reporter.logged, reporter.run_finishing, found):
+def install_run_hooks(reporter: Reporter, found: _wandb.Surface, on_finish=None) -> bool | None:
+    """True: live detail; False: the public fallback; None: neither could be installed.
+    ``on_finish(run)`` is called after the reporter took the finishing run's summary."""
+    finishing = reporter.run_finishing
+    if on_finish is not None:
+        def finishing(run, exit_code):
+            reporter.run_finishing(run, exit_code)
+            on_finish(run)
+
+    if _wandb.hook_run(reporter.run_started, reporter.logged, finishing, found):
         return True
     if _wandb.hook_run_public(reporter.run_started, reporter.logged):
         return False

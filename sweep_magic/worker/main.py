@@ -15,7 +15,9 @@ threads, CUDA state and IPython).  In order, it
 4. checks wandb's private surface and hooks it (``worker.hooks``, through the ``_wandb``
    adapter): a required touch point missing ends the agent here, with one line naming the
    wandb version and what it lacks; a degradation is said once; then runs the real
-   ``wandb.agent``;
+   ``wandb.agent`` -- on the function itself, or, with ``isolate="run"`` and for program
+   sweeps, on ``worker.isolation``, which runs each run in a child process of its own
+   (forked from a fork server started here, from the main thread, before anything else);
 5. sends ``AgentExiting`` and exits.
 
 Events go to the events fd only; the user's stdout/stderr are the log file the
@@ -39,13 +41,15 @@ import traceback
 
 from sweep_magic.protocol.events import AgentExiting, AgentStarted
 from sweep_magic.protocol.spec import WorkerSpec
+from sweep_magic.worker import isolation as _isolation
 
 EXIT_AGENT_ERROR = 3
 
 
 def _kill_group(*_args) -> None:
-    """Take everything we started (the user's children too) with us."""
+    """Take everything we started (the user's children too, and run children's groups) with us."""
     try:
+        _isolation.kill_all()
         os.killpg(os.getpgrp(), signal.SIGKILL)
     finally:
         os._exit(1)
@@ -66,13 +70,13 @@ def _watch_lifeline(fd: int) -> None:
     threading.Thread(target=watch, name="sweep-magic-lifeline", daemon=True).start()
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_is_kernel: bool = True) -> None:
     # SIGTERM, not SIGKILL: a SIGKILLed worker could not kill its group, and the user's own
     # children (data loaders, `subprocess`es) would outlive the kernel.  SIGTERM from the
     # supervisor's stop means the same thing: everything in the group goes, now.
     signal.signal(signal.SIGTERM, _kill_group)
-    if not sys.platform.startswith("linux"):
-        return
+    if not parent_is_kernel or not sys.platform.startswith("linux"):
+        return  # forked by the zygote: the lifeline alone ties us to the kernel
     try:
         import ctypes
 
@@ -122,6 +126,17 @@ def _watch_priority(spec: WorkerSpec) -> None:
     _priority.watch_sidecars(getattr(spec, "nice", None))  # each wandb-core is a session of its own
 
 
+def _isolation_for(spec: WorkerSpec, reporter):
+    """The per-run process machinery, or None for runs in this interpreter."""
+    if spec.runs_program:
+        from sweep_magic.worker.program import ProgramRuns
+
+        return ProgramRuns(spec, reporter)
+    if getattr(spec, "isolate", "agent") == "run":
+        return _isolation.FunctionRuns(spec, reporter)  # starts the fork server now: it imports meanwhile
+    return None
+
+
 def _load_function(spec: WorkerSpec):
     import cloudpickle
 
@@ -138,7 +153,7 @@ def _teardown_wandb(timeout: float = 5.0) -> None:
     closer.join(timeout)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, parent_is_kernel: bool = True) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweep_magic.worker")
     parser.add_argument("--spec", required=True)
     parser.add_argument("--events-fd", type=int, required=True)
@@ -161,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     os.set_inheritable(args.events_fd, False)
     os.set_inheritable(args.lifeline_fd, False)
     _watch_lifeline(args.lifeline_fd)
-    _die_with_parent()
+    _die_with_parent(parent_is_kernel)
     faulthandler.enable()  # a segfault leaves a Python traceback in the log
 
     spec = read_spec(args.spec)
@@ -178,15 +193,18 @@ def main(argv: list[str] | None = None) -> int:
         reporter.close()
         reporter.emit(AgentExiting(reason=reason, error=error))
 
+    isolation = None
     try:
+        isolation = _isolation_for(spec, reporter)
         reporter.emit(AgentStarted(pid=os.getpid(), sweep_id=spec.sweep_id))
         try:
-            function = _load_function(spec)
+            # Isolated runs unpickle the function in their own process only.
+            function = _load_function(spec) if isolation is None else isolation
         except Exception:
             exiting("error", "the function could not be loaded in the worker:\n" + traceback.format_exc())
             return EXIT_AGENT_ERROR
         try:
-            _hooks.install(reporter, spec)
+            _hooks.install(reporter, spec, job_command=isolation.remember if isolation is not None else None)
         except _hooks.HookMissing as err:
             exiting("error", str(err))
             return EXIT_AGENT_ERROR
@@ -204,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wandb.agent(
                 spec.sweep_id,
-                function=_hooks.wrap_function(function, reporter),
+                function=function if isolation is not None else _hooks.wrap_function(function, reporter),
                 count=spec.count,
                 project=spec.project,
                 entity=spec.entity,
@@ -213,8 +231,14 @@ def main(argv: list[str] | None = None) -> int:
             exiting("error", f"wandb.agent failed: {type(err).__name__}: {err}\n" + traceback.format_exc())
             return EXIT_AGENT_ERROR
         _teardown_wandb()
+        if isolation is not None and isolation.fatal:
+            exiting("error", isolation.fatal)
+            return EXIT_AGENT_ERROR
     except KeyboardInterrupt:
         interrupted.set()
+    finally:
+        if isolation is not None:
+            isolation.close()
     if interrupted.is_set():
         reason = "stopped"
     elif reporter.draining:

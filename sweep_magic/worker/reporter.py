@@ -62,6 +62,7 @@ class _RunState:
         self.row: dict | None = None  # the history row being built (partial logs)
         self.row_step: int | None = None
         self.rows: list[dict] = []  # complete rows with the sweep metric, not yet posted
+        self.crash: str | None = None  # a run child's death by signal (isolate="run", programs)
 
 
 class Reporter:
@@ -274,6 +275,8 @@ class Reporter:
         self.flush(state)
         if self.stopped(state.run_id):
             status, error = "killed", "stopped"
+        elif state.crash:
+            status, error = "crashed", state.crash
         elif exit_code == 0:
             status, error = "finished", None
         else:
@@ -293,6 +296,44 @@ class Reporter:
         self.post(f"runs/{state.run_id}/finish", {"exit_code": exit_code, "state": status, "summary": summary})
         with self._lock:
             self._runs.pop(state.run_id, None)  # the flusher need not look at it again
+
+    # -- runs in a child process (worker.isolation: isolate="run" and program sweeps) -----
+    def final_of(self, run_id: str, exit_code: int | None = None) -> list | None:
+        """[exit_code, summary, ended] as a run child tells its agent: from ``Run._finish``,
+        or (none seen, e.g. live detail off) ``exit_code`` with the last logged values."""
+        with self._lock:
+            state = self._runs.get(run_id)
+            if state is None:
+                return None
+            if state.final is not None:
+                return list(state.final)
+            if exit_code is None:
+                return None
+            return [exit_code, dict(state.values), time.time()]
+
+    def child_started(self, run_id: str, event: RunStarted) -> None:
+        """The child's RunStarted (its own hooks saw ``wandb.init``), relayed once."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None or run.started:
+                return
+            run.started = True
+            run.config = dict(event.config) or run.config
+        self.emit(event)
+
+    def child_outcome(self, run_id: str, *, final: tuple | None = None, error: str | None = None,
+                      crash: str | None = None) -> None:
+        """What the child (or its exit status) said about the run; reported by ``job_end``."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                return
+            if final is not None:
+                run.final = tuple(final)
+            if error:
+                run.error = error
+            if crash:
+                run.crash = crash
 
     # -- flushing -------------------------------------------------------------------------
     def flush(self, only: _RunState | None = None) -> None:

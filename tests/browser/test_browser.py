@@ -21,8 +21,7 @@ import time
 
 import nbformat
 import pytest
-
-from browser_helpers import JupyterLab, chromium, require_chromium, run_command, screenshot, wait_kernel_idle
+from browser_helpers import JupyterLab, Steps, chromium, require_chromium, run_command, screenshot, wait_kernel_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
 
@@ -91,28 +90,29 @@ def test_panel_in_jupyterlab(tmp_path):
     root.mkdir()
     _notebook(root / "panel.ipynb")
     env = {"SWEEP_MAGIC_HOME": str(tmp_path / "sm-home"), "WANDB_SILENT": "true"}
+    steps = Steps("jupyterlab")
     with JupyterLab(root, env=env) as lab, chromium() as page:
         try:
-            _drive(page, lab)
-        except BaseException:
+            _drive(page, lab, steps)
+        except BaseException as err:
             screenshot(page, "browser-failure.png")
-            print(lab.log_tail())
-            for n in range(4):
-                print(f"--- output of cell {n}:\n{_cell_output(page, n).inner_text(timeout=2000)[-2000:]}")
-            raise
-    print(f"browser test wall time: {time.monotonic() - started:.1f}s")
+            outputs = "".join(f"--- output of cell {n}:\n{_cell_text(page, n)}\n" for n in range(4))
+            headline = steps.failed(page, lab.log_tail(), outputs)
+            raise AssertionError(f"{headline} (test-artifacts/jupyterlab-failure.txt): {err}") from err
+    print(f"browser test wall time: {time.monotonic() - started:.1f}s\n{steps.report()}")
 
 
-def _drive(page, lab):
-    _run_all(page, lab.url("/lab/tree/panel.ipynb"))
-    gpu = _check_gpu_picker(page)
+def _drive(page, lab, steps):
+    _run_all(page, lab.url("/lab/tree/panel.ipynb"), steps)
+    gpu = _check_gpu_picker(page, steps)
     screenshot(gpu, "panel-gpus.png")
 
     # -- the CPU panel from %sweep_parallel: Start a real local sweep, see finished runs
     cpu = _cell_output(page, 2)
     start = cpu.get_by_title("start agents with these settings")
     stop = cpu.get_by_title("stop every agent of this sweep now")
-    start.wait_for(timeout=90_000)
+    with steps.step("the %sweep_parallel panel renders its Start button", 90) as ms:
+        start.wait_for(timeout=ms)
     assert "no GPU visible" in cpu.inner_text()
     assert stop.is_disabled()
     header = cpu.locator(".sweep-magic-header")
@@ -121,24 +121,26 @@ def _drive(page, lab):
     sweep_box.fill("quick")
     sweep_box.press("Tab")  # the Text widget syncs its value on change
     start.click()
-    _wait_text(page, header, r"· running ·", 60)
+    _wait_text(page, steps, "header says running after Start", header, r"· running ·", 60)
     assert cpu.locator(".sweep-magic-error").inner_text().strip() == ""
     # Real CPU agents run the 4-point grid; the session ends when the grid is exhausted.
-    _wait_text(page, header, r"· finished ·", 240)
-    _wait_text(page, results, r"(finished[\s\S]*){4}", 30)
-    _wait_enabled(page, start, True)
+    _wait_text(page, steps, "the quick sweep finishes", header, r"· finished ·", 240)
+    _wait_text(page, steps, "4 finished runs in the results table", results, r"(finished[\s\S]*){4}", 30)
+    _wait_enabled(page, steps, "Start enabled again", start, True)
     assert stop.is_disabled()
     text = results.inner_text()
     assert "★" in text and "running" not in text, text
     # The chart catches up within the message budget: a dot per run, the best-so-far line.
-    page.wait_for_function("el => el.querySelectorAll('circle').length === 4",
-                           arg=cpu.locator(".sweep-magic-chart").element_handle(), timeout=30_000)
+    with steps.step("the chart shows 4 dots", 30) as ms:
+        page.wait_for_function("el => el.querySelectorAll('circle').length === 4",
+                               arg=cpu.locator(".sweep-magic-chart").element_handle(timeout=ms), timeout=ms)
     assert cpu.locator(".sweep-magic-chart polyline").count() == 1
     page.wait_for_timeout(2000)  # the rest of the last changes (agent rows), for the screenshot
     screenshot(cpu, "panel-finished.png")
     # The log tail folds out under its agent.
     cpu.get_by_title("show the log tail").first.click()
-    _wait_text(page, cpu.locator(".sweep-magic-agents"), r"log of agent #0[\s\S]*step 7 lr=", 30)
+    _wait_text(page, steps, "the log tail folds out", cpu.locator(".sweep-magic-agents"),
+               r"log of agent #0[\s\S]*step 7 lr=", 30)
     screenshot(cpu, "panel-log.png")
     cpu.get_by_title("show the log tail").first.click()
 
@@ -146,21 +148,22 @@ def _drive(page, lab):
     sweep_box.fill("slow")
     sweep_box.press("Tab")
     start.click()
-    _wait_enabled(page, stop, True)
-    _wait_text(page, header, r"runs: .*\d+ running", 120)
-    _wait_text(page, cpu.locator(".sweep-magic-agents"), r"step", 5)
+    _wait_enabled(page, steps, "Stop enabled after the second Start", stop, True)
+    _wait_text(page, steps, "the slow sweep has runs running", header, r"runs: .*\d+ running", 120)
+    _wait_text(page, steps, "an agent row shows a step", cpu.locator(".sweep-magic-agents"), r"step", 30)
     screenshot(cpu, "panel-running.png")
     stop.click()
-    _wait_text(page, header, r"· stopped ·", 60)
-    _wait_enabled(page, stop, False)
-    _wait_enabled(page, start, True)
-    _wait_text(page, results, r"^(?![\s\S]*running)", 30)  # no run left "running"
+    _wait_text(page, steps, "header says stopped after Stop all", header, r"· stopped ·", 60)
+    _wait_enabled(page, steps, "Stop disabled after stopping", stop, False)
+    _wait_enabled(page, steps, "Start enabled after stopping", start, True)
+    _wait_text(page, steps, "no run left running", results, r"^(?![\s\S]*running)", 30)
     screenshot(cpu, "panel-stopped.png")
 
     # -- the session %%sweep_parallel launched: its own live panel, no form, no Start
     magic = _cell_output(page, 3)
-    _wait_text(page, magic.locator(".sweep-magic-header"), r"· finished ·", 120)
-    _wait_text(page, magic.locator(".sweep-magic-results"), r"★[\s\S]*(finished[\s\S]*){2}", 30)
+    _wait_text(page, steps, "the magic's session finishes", magic.locator(".sweep-magic-header"), r"· finished ·", 120)
+    _wait_text(page, steps, "the magic's results: 2 finished, best starred", magic.locator(".sweep-magic-results"),
+               r"★[\s\S]*(finished[\s\S]*){2}", 30)
     assert magic.locator("input[placeholder^='sweep id']").count() == 0
     assert magic.get_by_title("start agents with these settings").count() == 0
     assert magic.get_by_title("stop every agent of this sweep now").is_disabled()
@@ -179,37 +182,44 @@ def test_panel_in_notebook7(tmp_path):
     root.mkdir()
     _notebook(root / "panel.ipynb")
     env = {"SWEEP_MAGIC_HOME": str(tmp_path / "sm-home"), "WANDB_SILENT": "true"}
+    steps = Steps("notebook7")
     with JupyterLab(root, env=env, app="notebook") as nb7, chromium() as page:
         try:
-            _run_all(page, nb7.url("/notebooks/panel.ipynb"))
-            _check_gpu_picker(page)
+            _run_all(page, nb7.url("/notebooks/panel.ipynb"), steps)
+            _check_gpu_picker(page, steps)
             cpu = _cell_output(page, 2)
             start = cpu.get_by_title("start agents with these settings")
-            start.wait_for(timeout=90_000)
+            with steps.step("the %sweep_parallel panel renders its Start button", 90) as ms:
+                start.wait_for(timeout=ms)
             sweep_box = cpu.locator("input[placeholder^='sweep id']")
             sweep_box.fill("quick")
             sweep_box.press("Tab")
             start.click()
-            _wait_text(page, cpu.locator(".sweep-magic-header"), r"· finished ·", 240)
-            _wait_text(page, cpu.locator(".sweep-magic-results"), r"★[\s\S]*(finished[\s\S]*){4}", 30)
+            _wait_text(page, steps, "the quick sweep finishes", cpu.locator(".sweep-magic-header"), r"· finished ·", 240)
+            _wait_text(page, steps, "4 finished runs, best starred", cpu.locator(".sweep-magic-results"),
+                       r"★[\s\S]*(finished[\s\S]*){4}", 30)
             screenshot(page, "notebook7.png")
-        except BaseException:
+        except BaseException as err:
             screenshot(page, "notebook7-failure.png")
-            print(nb7.log_tail())
-            raise
+            headline = steps.failed(page, nb7.log_tail())
+            raise AssertionError(f"{headline} (test-artifacts/notebook7-failure.txt): {err}") from err
+    print(steps.report())
 
 
-def _run_all(page, url):
+def _run_all(page, url, steps):
     page.goto(url)
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-    wait_kernel_idle(page)
+    with steps.step("the notebook's cells appear", 90) as ms:
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=ms)
+    with steps.step("the kernel is idle", 120) as ms:
+        wait_kernel_idle(page, timeout_ms=ms)
     run_command(page, "notebook:run-all-cells")
 
 
-def _check_gpu_picker(page):
+def _check_gpu_picker(page, steps):
     """The device picker over the injected 4-GPU inventory: GPU 2 (another user's process) unticked."""
     gpu = _cell_output(page, 1)
-    gpu.locator(".widget-checkbox").first.wait_for(timeout=90_000)
+    with steps.step("the GPU picker renders its checkboxes", 90) as ms:
+        gpu.locator(".widget-checkbox").first.wait_for(timeout=ms)
     boxes = gpu.locator(".widget-checkbox input[type=checkbox]")
     assert boxes.count() == 4
     assert [boxes.nth(i).is_checked() for i in range(4)] == [True, True, False, True]
@@ -217,15 +227,26 @@ def _check_gpu_picker(page):
     return gpu
 
 
-def _wait_text(page, locator, pattern, timeout_s):
-    """Until the element's text matches ``pattern`` (a JS regex)."""
-    page.wait_for_function(
-        "([el, p]) => new RegExp(p).test(el.innerText)",
-        arg=[locator.element_handle(timeout=timeout_s * 1000), pattern],
-        timeout=timeout_s * 1000,
-    )
+def _wait_text(page, steps, what, locator, pattern, timeout_s):
+    """Until the element's text matches ``pattern`` (a JS regex); one deadline covers both the
+    element appearing and its text matching."""
+    with steps.step(what, timeout_s) as ms:
+        deadline = time.monotonic() + timeout_s
+        handle = locator.element_handle(timeout=ms)
+        left = max(1.0, deadline - time.monotonic()) * 1000
+        page.wait_for_function("([el, p]) => new RegExp(p).test(el.innerText)", arg=[handle, pattern], timeout=left)
 
 
-def _wait_enabled(page, button, enabled, timeout_s=60):
-    page.wait_for_function("([b, on]) => b.disabled !== on", arg=[button.element_handle(), enabled],
-                           timeout=timeout_s * 1000)
+def _wait_enabled(page, steps, what, button, enabled, timeout_s=60):
+    with steps.step(what, timeout_s) as ms:
+        deadline = time.monotonic() + timeout_s
+        handle = button.element_handle(timeout=ms)
+        left = max(1.0, deadline - time.monotonic()) * 1000
+        page.wait_for_function("([b, on]) => b.disabled !== on", arg=[handle, enabled], timeout=left)
+
+
+def _cell_text(page, n: int) -> str:
+    try:
+        return _cell_output(page, n).inner_text(timeout=2000)[-2000:]
+    except Exception as err:  # the page itself may be what broke
+        return f"(unavailable: {err})"

@@ -17,10 +17,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+import fake_nvml
 import psutil
 import pytest
-
-import fake_nvml
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROBE = os.path.join(REPO, "tests", "gpu", "probe.py")

@@ -67,6 +67,7 @@ def panel(defaults) -> dict:
     ``devices.plan`` on what Start passes, so the ticked boxes are followed down to each
     agent's CUDA_VISIBLE_DEVICES without starting workers."""
     from panel_fakes import FakeSession, real_shell
+
     from sweep_magic.faces.panel import SessionPanel
 
     launched = {}

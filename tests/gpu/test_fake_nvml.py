@@ -23,7 +23,6 @@ import sys
 
 import psutil
 import pytest
-
 from fake_nvml import (
     DRIVER_NOT_LOADED,
     FOREIGN_PID,

@@ -216,6 +216,11 @@ def test_ctrl_c_while_waiting_then_killed_kernel_takes_its_workers_along(kernel)
         time.sleep(0.2)
     doomed = workers | _cores_of(workers)
     assert len(doomed) >= 4
+    # Everything the kernel started: its zygote (the warm start server) and whatever else.
+    doomed |= {p.pid for p in psutil.Process(info["kernel"]).children(recursive=True)}
+    zygotes = [p for p in psutil.Process(info["kernel"]).children() if "sweep_magic.worker.zygote" in p.cmdline()]
+    assert len(zygotes) == 1, "%load_ext started the warm start server"
+    assert {psutil.Process(w).ppid() for w in workers} == {zygotes[0].pid}, "the agents were forked warm"
 
     os.kill(info["kernel"], signal.SIGKILL)
     deadline = time.monotonic() + 10

@@ -13,11 +13,11 @@ import psutil
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
+from shells import magic_shell
 from traitlets.config import Config
 
 from sweep_magic import api, devices, payload
 from sweep_magic.magic import SweepMagics
-from shells import magic_shell
 
 
 @pytest.fixture(scope="module")

@@ -274,3 +274,31 @@ def test_raise_for_failures_only_when_nothing_finished(home):
     assert "\n" not in message and message == broken.failures()
     assert message.startswith("2 of 2 runs failed and none finished; first (")
     assert message.endswith("RuntimeError: no data")
+
+
+class _LoadsOnlyInTheKernel:
+    """A global that pickles fine and fails to unpickle, as an object of a package missing
+    from the workers' environment would."""
+
+    def __reduce__(self):
+        return (exec, ("raise ImportError('No module named cuda_only_package')",))
+
+
+def test_raise_for_failures_when_no_agent_could_run(home):
+    """Agents that fail before any run leave no runs to count; the sweep still failed."""
+    from sweep_magic.errors import SweepFailed
+
+    unloadable = _LoadsOnlyInTheKernel()
+
+    def train():  # a closure: sent by value, with the object it holds
+        return unloadable
+
+    session = api.launch(train, _grid(2, project="unloadable"), cpus=2)
+    assert session.wait(timeout=180)
+    assert session.results() == [] and {a.state for a in session.agents()} == {"failed"}
+    with pytest.raises(SweepFailed) as info:
+        session.raise_for_failures()
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("no run started: 2 of 2 agents failed; first (agent ")
+    assert "could not be loaded" in message

@@ -9,8 +9,19 @@ import os
 import sys
 
 import pytest
+from server_helpers import (
+    PYAGENT,
+    VENV_BIN,
+    WORKER,
+    agent_env,
+    offline_run_dirs,
+    reap,
+    start,
+    tail,
+    wait_all,
+    write_script,
+)
 
-from server_helpers import PYAGENT, VENV_BIN, WORKER, agent_env, offline_run_dirs, reap, start, tail, wait_all, write_script
 from sweep_magic.server import serve
 
 GRID12 = {"method": "grid", "metric": {"name": "loss", "goal": "minimize"},

@@ -94,6 +94,7 @@ def test_client_sweep_paths_through_core(api, ctl, core):
 
 
 def test_all_five_upsert_variants_succeed(core, ctl, monkeypatch):
+    import wandb
     from wandb.apis.public import sweeps as client
 
     seen = []
@@ -104,7 +105,7 @@ def test_all_five_upsert_variants_succeed(core, ctl, monkeypatch):
             raise RuntimeError("make the client try its next variant")
 
     monkeypatch.setenv("WANDB_PROJECT", "x")
-    with pytest.raises(Exception):
+    with pytest.raises(wandb.errors.CommError, match="try its next variant"):
         client._upsert_sweep(_Api(Failing(core)), dict(GRID))
     assert len(seen) == 5
     for query, variables in seen:

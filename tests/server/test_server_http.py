@@ -13,8 +13,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from server_helpers import REPO
+
 from sweep_magic.server import LocalServer, local_server, local_sweep, serve
 
 GRID = {"method": "grid", "parameters": {"x": {"values": [1, 2]}}}

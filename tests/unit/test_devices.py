@@ -7,6 +7,7 @@ a fake NVML library in ../gpu/test_fake_nvml.py; placement logic uses an injecte
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 
@@ -175,7 +176,7 @@ def test_mig_devices_only_when_named(monkeypatch):
 def test_slot_is_frozen():
     (slot,) = devices.plan(cpus=1)
     assert isinstance(slot, AgentSlot)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         slot.index = 3  # type: ignore[misc]
     with warnings.catch_warnings():
         warnings.simplefilter("error")

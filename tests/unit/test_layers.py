@@ -59,6 +59,7 @@ FORBIDDEN = {
                            "sweep_magic.session"),
     "sweep_magic.faces": ("sweep_magic.agents", "sweep_magic.worker", "sweep_magic.api", "sweep_magic.server",
                           "sweep_magic.magic", "sweep_magic.protocol"),
+    "sweep_magic.cli": ("sweep_magic.agents", "sweep_magic.worker", "sweep_magic.protocol", "sweep_magic.magic"),
     "sweep_magic.server": ("sweep_magic.agents", "sweep_magic.worker", "sweep_magic.faces", "sweep_magic.api",
                            "sweep_magic.magic", "sweep_magic.session"),
 }
@@ -111,8 +112,9 @@ def test_the_core_knows_one_face_entry():
 # wandb's packages that are not its public API (wandb.Api, wandb.init, wandb.Run, ...).
 PRIVATE_MODULES = ("wandb.sdk", "wandb.agents", "wandb.proto", "wandb.util", "wandb.apis.internal", "wandb.env")
 # The adapter, and the server's results reader (it reads wandb's own file format with
-# wandb's protobuf; it moves under the adapter once its rewrite lands).
+# wandb's protobuf; it moves under the adapter later) and the reader's own tests.
 ADAPTER_ALLOWED = ("sweep_magic._wandb", "sweep_magic.server.results_reader")
+READER_TESTS = ("test_results_reader.py",)
 OUR_OWN = {"self", "cls", "os"}  # our classes' own attributes (a panel's _on_start), os._exit
 
 
@@ -162,6 +164,6 @@ def test_private_wandb_names_live_in_the_adapter():
     here = pathlib.Path(__file__).resolve()
     files = [p for p in MODULES.items() if not p[0].startswith(ADAPTER_ALLOWED)]
     for folder in ("tests", "benchmarks", "scripts"):
-        files += [(str(p), p) for p in (ROOT.parent / folder).rglob("*.py") if p != here]
+        files += [(str(p), p) for p in (ROOT.parent / folder).rglob("*.py") if p != here and p.name not in READER_TESTS]
     offenders = [f"{name}: {use}" for name, path in files for use in _private_uses(ast.parse(path.read_text()), names)]
     assert not offenders
