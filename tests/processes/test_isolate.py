@@ -65,6 +65,24 @@ def quickstart_train():
         run.log({"loss": run.config.lr * run.config.width})
 
 
+def _refuse_to_load():
+    raise RuntimeError("this object cannot be loaded here")
+
+
+class _LoadsNowhere:
+    def __reduce__(self):
+        return (_refuse_to_load, ())
+
+
+def make_unloadable():
+    thing = _LoadsNowhere()
+
+    def train():
+        return thing
+
+    return train
+
+
 def _sweep(values, project, **constants) -> str:
     params = {"x": {"values": list(values)}, **{k: {"value": v} for k, v in constants.items()}}
     return local_sweep({"method": "grid", "metric": {"name": "loss", "goal": "minimize"}, "parameters": params},
@@ -167,6 +185,19 @@ def test_a_run_killed_by_sigkill_crashes_alone(start, monkeypatch):
     assert {r["agent"] for r in by_x.values()} == {0}
     server_runs = {r["config"]["x"]["value"]: r["state"] for r in local_server().runs(session.sweep_id)}
     assert server_runs == {1: "finished", 2: "crashed", 3: "finished"}
+
+
+def test_a_function_that_cannot_be_loaded_fails_the_agent_once():
+    session = api.launch(make_unloadable(), _sweep([1, 2, 3], "unloadable"), cpus=1, isolate="run")
+    try:
+        assert session.wait(timeout=120), session.agents()
+    finally:
+        session.stop()
+    (agent,) = session.agents()
+    assert agent.state == "failed" and agent.restarts == 0
+    assert "could not be loaded in the run's process" in agent.reason
+    (run,) = session.results()  # the first run tells; the agent takes no more
+    assert run["state"] == "failed" and "this object cannot be loaded here" in run["error"]
 
 
 def test_hyperband_stop_kills_the_run_group_and_the_agent_goes_on(monkeypatch):
