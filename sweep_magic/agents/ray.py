@@ -156,8 +156,9 @@ def _threads(n: int) -> dict[str, str]:
     return {var: str(max(1, n)) for var in THREAD_CAP_VARS}
 
 
-def place(*, gpus=None, cpus=None, agents_per_gpu=1, timeout: float = PLACEMENT_TIMEOUT) -> Placement:
+def place(*, gpus=None, cpus=None, agents_per_gpu=1, timeout: float | None = None) -> Placement:
     """Reserve the agents' resources on the connected cluster; ``PlacementError`` when it cannot."""
+    timeout = PLACEMENT_TIMEOUT if timeout is None else timeout
     kind, n = check_request(gpus, cpus, agents_per_gpu)
     ray = _ray()
     from ray.util.placement_group import placement_group, remove_placement_group
@@ -285,6 +286,7 @@ class RayAgentProcess:
     def __init__(self, actor, stream, spec, log_path: str, label):
         self.pid: int | None = None
         self.node = ""
+        self.node_id: str | None = None
         self.device: str | None = None  # "gpu 1" once placed (the slot only says "gpu")
         self.exit_reason: str | None = None
         self._actor, self._stream, self._spec, self._label = actor, stream, spec, label
@@ -312,7 +314,7 @@ class RayAgentProcess:
                 if item.get("log"):
                     self._write(item["log"])
                 if "exit" in item:
-                    self._finish(item["exit"], None)
+                    self._finish(item["exit"], item.get("lost"))
                     return
                 yield from item.get("lines", ())
             self._finish(LOST_CODE, "its Ray actor ended without an exit status")
@@ -323,7 +325,7 @@ class RayAgentProcess:
 
     def _placed(self, hello: dict) -> None:
         self._timer.cancel()
-        self.pid = hello["pid"]
+        self.pid, self.node_id = hello["pid"], hello["node_id"]
         self.node = self._label(hello["node_id"], hello["ip"])
         gpus = hello.get("gpus") or []
         self.device = f"gpu {','.join(gpus)}" if gpus else "cpu"

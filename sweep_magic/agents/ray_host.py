@@ -142,6 +142,7 @@ class AgentHost:
         self._code: int | None = None
         self._error: str | None = None
         self._relay: _Relay | None = None
+        self._lost: str | None = None
 
     def run(self, index: int, spec, header: str, gateway=None, kernel_paths=(), kernel_cwd: str | None = None):
         import ray
@@ -169,6 +170,8 @@ class AgentHost:
         threading.Thread(target=self._spawn_and_wait, args=(spec, log_path, header, spec_dir),
                          name="sweep-magic-spawner", daemon=True).start()
         self._spawned.wait()
+        threading.Thread(target=self._watch_raylet, args=(os.getppid(),), name="sweep-magic-raylet-watch",
+                         daemon=True).start()
         try:
             if self._local is None:
                 raise RuntimeError(self._error or "the worker did not start")
@@ -182,11 +185,27 @@ class AgentHost:
                 if lines or log:
                     yield {"lines": lines, "log": log}
             self._exited.wait()
-            yield {"exit": self._code, "log": tail.read()}
+            yield {"exit": self._code, "log": tail.read(), "lost": self._lost}
         finally:
             if self._relay is not None:
                 self._relay.close()
             shutil.rmtree(spec_dir, ignore_errors=True)
+            if self._lost:
+                # Our raylet is gone, so Ray would end this process only once the GCS marks
+                # the node dead; the exit status above has been sent, nothing else is ours.
+                threading.Timer(2.0, os._exit, args=(1,)).start()
+
+    def _watch_raylet(self, raylet_pid: int) -> None:
+        """A dead raylet is noticed by the GCS only after its missed health checks (≈15 s by
+        default), and meanwhile this actor and its worker run on.  The raylet is our parent:
+        when we are re-parented it is gone, so the worker is ended here and the kernel is
+        told at once (the stream goes straight to the kernel, not through the raylet)."""
+        while not self._exited.wait(0.2):
+            if os.getppid() != raylet_pid:
+                self._lost = "its Ray node's raylet died"
+                if self._local is not None:
+                    self._local.signal(signal.SIGKILL)
+                return
 
     def _spawn_and_wait(self, spec, log_path: str, header: str, spec_dir: str) -> None:
         try:

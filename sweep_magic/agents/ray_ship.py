@@ -74,11 +74,34 @@ def local_modules(function) -> list[types.ModuleType]:
                 found[top.__name__] = top
         if isinstance(obj, types.FunctionType):
             # Only what the code names: a by-value module drags its helpers along by itself.
-            for _name, value in payload.referenced(obj):
+            for value in _named_values(obj):
                 visit(value, depth + 1)
 
     visit(function, 0)
     return list(found.values())
+
+
+def _named_values(function: types.FunctionType) -> list:
+    """The closure variables and globals ``function``'s code names, modules included
+    (``payload.referenced`` leaves modules out: locally they go by reference)."""
+    values = []
+    for cell in function.__closure__ or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    names: list[str] = []
+
+    def walk(co: types.CodeType) -> None:
+        names.extend(co.co_names)
+        for const in co.co_consts:
+            if isinstance(const, types.CodeType):
+                walk(const)
+
+    walk(function.__code__)
+    globs = function.__globals__
+    values += [globs[n] for n in dict.fromkeys(names) if n in globs]
+    return values
 
 
 def imports_in_body(function) -> list[tuple[str, str]]:
