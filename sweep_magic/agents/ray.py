@@ -33,6 +33,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 
 from sweep_magic.agents import local
@@ -83,7 +84,39 @@ def connect(address: str | None) -> bool:
         ray.init(address=where, log_to_driver=False, logging_level="ERROR", configure_logging=True)
     except Exception as err:
         raise SweepMagicError(f"could not connect to Ray at {where!r}: {first_line(err)}") from None
+    _divert_cluster_messages()
     return where.startswith("ray://")
+
+
+def _divert_cluster_messages() -> None:
+    """Ray's driver prints the cluster's error messages ("a raylet died", ...) from a thread of
+    its own, whatever ``log_to_driver`` says; in a notebook they would land in whichever cell
+    ran last.  Where we started Ray, they go to ``<SWEEP_MAGIC_HOME>/ray-messages.log``; the
+    views show their consequence (the agent's reason).  A private Ray name: if a Ray release
+    moves it, Ray prints as before."""
+    try:
+        from ray._private import worker
+    except ImportError:
+        return
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "sweep_magic", False):
+        return
+
+    def to_file(data, ignore_prefix=False):
+        from sweep_magic.paths import home
+
+        try:
+            os.makedirs(home(), mode=0o700, exist_ok=True)
+            fd = os.open(os.path.join(home(), "ray-messages.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "a") as f:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                for line in data.get("lines") or ():
+                    f.write(f"{stamp} ({data.get('pid')}) {line}\n")
+        except OSError:
+            pass
+
+    to_file.sweep_magic = True
+    worker.print_to_stdstream = to_file
 
 
 def _client_mode(ray) -> bool:

@@ -50,6 +50,7 @@ class _PeakPss:
 
     def __init__(self, pid: int, period: float = 2.0):
         self.peak_mb = 0.0
+        self.at_peak: dict[str, float] = {}  # MB by kind of process, at the peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(pid, period), daemon=True)
         self._thread.start()
@@ -61,18 +62,38 @@ class _PeakPss:
                 procs = [root, *root.children(recursive=True)]
             except psutil.Error:
                 continue
-            total = 0
+            kinds: dict[str, float] = {}
             for proc in procs:
                 try:
-                    total += proc.memory_full_info().pss
+                    pss = proc.memory_full_info().pss / 2**20
+                    kind = _kind(proc)
                 except psutil.Error:
-                    pass
-            self.peak_mb = max(self.peak_mb, total / 2**20)
+                    continue
+                kinds[kind] = kinds.get(kind, 0.0) + pss
+            total = sum(kinds.values())
+            if total > self.peak_mb:
+                self.peak_mb, self.at_peak = total, kinds
 
     def stop(self) -> float:
         self._stop.set()
         self._thread.join(timeout=10)
         return self.peak_mb
+
+
+def _kind(proc: psutil.Process) -> str:
+    cmd = proc.cmdline()
+    if "sweep_magic.worker" in cmd:
+        return "worker"
+    name = proc.name()
+    if name.startswith("ray::"):  # an actor or an idle pooled Ray worker
+        return name
+    if "pytest" in cmd:
+        return "pytest"
+    base = os.path.basename(cmd[0]) if cmd else name
+    if base.startswith("python"):
+        script = next((os.path.basename(a) for a in cmd[1:] if a.endswith(".py")), "python")
+        return script
+    return base
 
 
 @pytest.mark.timeout(420)
@@ -103,7 +124,9 @@ def test_ray_cluster_suite_in_a_private_network_namespace():
         finally:
             peak = sampler.stop()
     took = time.monotonic() - started
-    summary = f"Ray cluster tests: exit {code}, {took:.0f} s wall, peak PSS {peak:.0f} MB (log: {log_path})"
+    parts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(sampler.at_peak.items(), key=lambda kv: -kv[1]))
+    summary = (f"Ray cluster tests: exit {code}, {took:.0f} s wall, peak PSS {peak:.0f} MB "
+               f"(log: {log_path}; MB at the peak: {parts})")
     print(summary)
     with open(log_path, "a") as log:
         log.write(summary + "\n")

@@ -15,7 +15,7 @@ import pytest
 
 from ray_helpers import agent_processes, only_loopback, ray_installed, wait_for
 
-NODE = dict(num_cpus=4, num_gpus=2, object_store_memory=80 * 1024 * 1024)
+NODE = dict(num_cpus=2, num_gpus=2, object_store_memory=80 * 1024 * 1024)
 
 
 @pytest.fixture(scope="session")
@@ -29,14 +29,20 @@ def cluster():
 
     # A short path: Ray's unix sockets live under it (108-byte limit).
     temp_dir = tempfile.mkdtemp(prefix="sm-ray-", dir="/tmp")
+    # What a sweep does not need is left out to fit the memory budget (≈200 MB): the
+    # autoscaler monitor, the log monitor (it feeds log_to_driver, which is off), and idle
+    # Ray workers started ahead of time.
     c = Cluster(initialize_head=True, head_node_args=dict(
-        num_cpus=2, num_gpus=0, include_dashboard=False, temp_dir=temp_dir,
-        object_store_memory=80 * 1024 * 1024))
+        num_cpus=1, num_gpus=0, include_dashboard=False, temp_dir=temp_dir,
+        object_store_memory=80 * 1024 * 1024, no_monitor=True, include_log_monitor=False,
+        _system_config={"enable_worker_prestart": False, "prestart_worker_first_driver": False}))
     try:
         for _ in range(2):
             c.add_node(temp_dir=temp_dir, **NODE)
         c.wait_for_nodes()
-        ray.init(address=c.address, log_to_driver=False, logging_level="ERROR")
+        from sweep_magic.agents import ray as ray_agents
+
+        ray_agents.connect(c.address)  # as launch(ray_address=...) does
         c.temp_dir = temp_dir
         yield c
     finally:

@@ -197,7 +197,7 @@ def test_cpu_agents_hide_gpus_cap_threads_use_a_local_module_and_stop_cleanly(cl
     assert wait_for(lambda: not live_actors() and not live_placement_groups(), 5) is not None
 
 
-def test_a_killed_actor_and_a_lost_node_crash_their_runs_and_the_sweep_completes(cluster, keys, tmp_path):
+def test_a_killed_actor_and_a_lost_node_crash_their_runs_and_the_sweep_completes(cluster, keys, tmp_path, capfd):
     import ray
 
     from conftest import NODE
@@ -239,6 +239,13 @@ def test_a_killed_actor_and_a_lost_node_crash_their_runs_and_the_sweep_completes
     assert [a.state for a in agents] == ["exited", "exited"] and all(a.restarts >= 1 for a in agents), agents
     assert session._supervisor._agents[1].proc.node_id != node1  # restarted on another node
     assert session.snapshot().state == "finished"
+    lost = [r for r in results if r["run_id"] == run1][0]
+    assert "its Ray node's raylet died" in lost["error"], lost
+    # Ray's "raylet died" messages went to a file, not into the cell (this test's output).
+    captured = capfd.readouterr()
+    assert "(raylet)" not in captured.out + captured.err
+    messages = os.path.join(os.environ["SWEEP_MAGIC_HOME"], "ray-messages.log")
+    assert wait_for(lambda: os.path.exists(messages) and "Raylet is terminated" in open(messages).read(), 5)
 
 
 DRIVER = """
