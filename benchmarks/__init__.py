@@ -23,4 +23,5 @@ BENCHMARKS = _Lazy(
     kernel_flood="kernel_flood",
     memory="memory",
     cpu_bound="cpu_bound",
+    ray_latency="ray_latency",
 )
