@@ -257,7 +257,9 @@ def train():
     import wandb
     with wandb.init() as run:
         with open(run.config.out, "a") as f:
-            f.write(json.dumps({"pid": os.getpid()}) + "\\n")
+            row = {"pid": os.getpid(), "node": os.path.basename(os.environ["WANDB_DIR"]),
+                   "cvd": os.environ.get("CUDA_VISIBLE_DEVICES")}
+            f.write(json.dumps(row) + "\\n")
         time.sleep(300)
 
 config = {"method": "grid", "parameters": {"x": {"values": [0, 1, 2, 3]}, "out": {"value": sys.argv[2]}}}
@@ -265,13 +267,14 @@ sid = sweep_magic.local_sweep(config, project="ray")
 fd = os.open(sys.argv[3], os.O_WRONLY | os.O_CREAT, 0o600)
 os.write(fd, sweep_magic.local_server().api_key.encode())
 os.close(fd)
-session = sweep_magic.launch(train, sid, ray_address=sys.argv[1], gpus=2)
+session = sweep_magic.launch(train, sid, ray_address=sys.argv[1], gpus=1, agents_per_gpu=2)
 print("launched", flush=True)
 session.wait()
 """
 
 
-def test_the_kernel_dying_takes_every_actor_and_worker_with_it(cluster, keys, tmp_path, tmp_path_factory):
+def test_two_agents_share_a_gpu_and_the_kernel_dying_takes_every_actor_and_worker_with_it(
+        cluster, keys, tmp_path, tmp_path_factory):
     home = tmp_path_factory.mktemp("driver-home")
     script, out, keyfile = tmp_path / "driver.py", tmp_path / "rows.jsonl", tmp_path / "key"
     script.write_text(textwrap.dedent(DRIVER))
@@ -283,6 +286,8 @@ def test_the_kernel_dying_takes_every_actor_and_worker_with_it(cluster, keys, tm
         assert wait_for(lambda: len(_rows(out)) >= 2, 90), (tmp_path / "driver.log").read_text()[-2000:]
         keys.append(keyfile.read_text())
         keyfile.unlink()
+        rows = _rows(out)
+        assert len({(r["node"], r["cvd"]) for r in rows}) == 1 and rows[0]["cvd"] in ("0", "1"), rows
         assert len(agent_processes(str(home))) >= 2
         assert live_actors()
         started = time.monotonic()
