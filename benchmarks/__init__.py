@@ -25,4 +25,5 @@ BENCHMARKS = _Lazy(
     cpu_bound="cpu_bound",
     server_load="server_load",
     isolate_gap="isolate_gap",
+    ray_latency="ray_latency",
 )

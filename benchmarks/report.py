@@ -94,6 +94,11 @@ def targets(out: dict) -> list[tuple[str, str, str, str]]:
     v = mem.get("total_pss_mb")
     rows.append(("memory per agent (worker + wandb-core, PSS), sleeping function", _f(v, " MB", 0), "≤ 250 MB",
                  _verdict(None if v is None else v <= 250)))
+    ray = b.get("ray_latency", {})
+    if ray.get("tries"):
+        v = ray.get("latency_p95_s")
+        rows.append((f"Ray: event latency worker → snapshot, p95 ({ray.get('N')} GPU agents, 2 nodes)",
+                     _f(v, " s"), "≤ 2 s", _verdict(None if v is None else v <= 2.0)))
     return rows
 
 
@@ -258,6 +263,17 @@ def render(out: dict) -> str:
             md.append("Run child start (request → the function entered, no wandb.init): "
                       + "; ".join(f"{k} median {_f(v.get('median_s'), ' s', 3)} (max {_f(v.get('max_s'), ' s', 3)})"
                                   for k, v in starts.items()) + ".\n")
+
+    ray = b.get("ray_latency")
+    if ray and ray.get("tries"):
+        md.append(f"## 8. Ray: {ray['N']} GPU agents on a 2-node cluster (this host, private network namespace)\n")
+        md.append(f"Cluster start {_f(ray.get('cluster_start_s'), ' s')}, connect {_f(ray.get('connect_s'), ' s')}. "
+                  "Latency = a logged `time.time()` (or a run's start) → the snapshot that shows it.\n")
+        rows = [[i + 1, _f(t.get("launch_returned_s"), " s"), _f(t.get("all_in_a_run_s"), " s"), t.get("events"),
+                 _f(t.get("latency_median_s"), " s"), _f(t.get("latency_p95_s"), " s"), _f(t.get("latency_max_s"), " s")]
+                for i, t in enumerate(ray["tries"])]
+        md.append(_table(["try", "launch() returned", "launch → all agents in a run", "events", "latency median",
+                          "p95", "max"], rows))
 
     if out.get("errors"):
         md.append("## Errors\n")
