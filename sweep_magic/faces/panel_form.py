@@ -36,7 +36,7 @@ def user_functions(namespace: dict, hidden: dict | None = None) -> list[str]:
     return sorted(names)
 
 
-# Functions imported from these are tools, not something to train (``from sweep_magic.panel import show_panel``).
+# Functions imported from these are tools, not something to train (``from sweep_magic.faces.panel import show_panel``).
 _TOOL_PACKAGES = ("sweep_magic", "IPython", "ipykernel", "ipywidgets", "wandb", "jupyter_client")
 
 
