@@ -170,11 +170,11 @@ class AgentHost:
         threading.Thread(target=self._spawn_and_wait, args=(spec, log_path, header, spec_dir),
                          name="sweep-magic-spawner", daemon=True).start()
         self._spawned.wait()
-        threading.Thread(target=self._watch_raylet, args=(os.getppid(),), name="sweep-magic-raylet-watch",
-                         daemon=True).start()
         try:
             if self._local is None:
                 raise RuntimeError(self._error or "the worker did not start")
+            threading.Thread(target=self._watch_raylet, args=(os.getppid(),), name="sweep-magic-raylet-watch",
+                             daemon=True).start()
             yield {"pid": self._local.pid, "node_id": node_id, "ip": _node_ip(),
                    "gpus": [str(g) for g in ray.get_gpu_ids()]}
             tail = _Tail(log_path, start_at)

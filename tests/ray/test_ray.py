@@ -48,7 +48,7 @@ def _unshare_prefix() -> list[str] | None:
 class _PeakPss:
     """Samples the summed PSS of a process tree every ``period`` seconds, keeps the peak."""
 
-    def __init__(self, pid: int, period: float = 2.0):
+    def __init__(self, pid: int, period: float = 1.0):
         self.peak_mb = 0.0
         self.at_peak: dict[str, float] = {}  # MB by kind of process, at the peak
         self._stop = threading.Event()
