@@ -24,4 +24,6 @@ BENCHMARKS = _Lazy(
     memory="memory",
     cpu_bound="cpu_bound",
     server_load="server_load",
+    isolate_gap="isolate_gap",
+    ray_latency="ray_latency",
 )

@@ -85,10 +85,20 @@ def targets(out: dict) -> list[tuple[str, str, str, str]]:
     else:
         rows.append(("trivial cell round trip p99 under log flood", "not measured", "< 100 ms", "–"))
         rows.append(("widget messages per second", "not measured", "≤ 10 /s", "–"))
+    for case in b.get("isolate_gap", {}).get("cases", []):
+        if case["variant"] == "run, fork server":
+            med = case.get("snapshot", {}).get("median_s")
+            rows.append((f"per-run gap with isolate=\"run\" (fork server), median ({case['T']} s trials)",
+                         _f(med, " s"), "≤ 0.5 s", _verdict(None if med is None else med <= 0.5)))
     mem = b.get("memory", {}).get("sweep_magic", {})
     v = mem.get("total_pss_mb")
     rows.append(("memory per agent (worker + wandb-core, PSS), sleeping function", _f(v, " MB", 0), "≤ 250 MB",
                  _verdict(None if v is None else v <= 250)))
+    ray = b.get("ray_latency", {})
+    if ray.get("tries"):
+        v = ray.get("latency_p95_s")
+        rows.append((f"Ray: event latency worker → snapshot, p95 ({ray.get('N')} GPU agents, 2 nodes)",
+                     _f(v, " s"), "≤ 2 s", _verdict(None if v is None else v <= 2.0)))
     return rows
 
 
@@ -234,6 +244,36 @@ def render(out: dict) -> str:
                   f"trial compute {_f(cpu.get('compute_ratio_sm_over_plain'))}"
                   + (f"; plain capped / plain uncapped compute {_f(cpu['compute_ratio_caps_over_nocaps_plain'])}"
                      if cpu.get("compute_ratio_caps_over_nocaps_plain") is not None else "") + ".\n")
+
+    iso = b.get("isolate_gap")
+    if iso:
+        md.append("## 7. isolate=\"agent\" vs isolate=\"run\": per-run gap in one agent\n")
+        md.append("The same grid of sleep trials per variant, one agent each, in this run. isolate=\"run\" forks each "
+                  "run from the agent's fork server (or spawns a fresh interpreter with SWEEP_MAGIC_FORKSERVER=0).\n")
+        rows = []
+        for case in iso.get("cases", []):
+            for key, label in (("snapshot", "snapshot ended_at → next started_at"),
+                               ("exit_to_enter", "function exit → next entry")):
+                d = case.get(key) or {}
+                rows.append([case["variant"], f"{case['K']} × {case['T']} s", label, d.get("n"),
+                             _f(d.get("median_s"), " s"), _f(d.get("p95_s"), " s"), _f(d.get("max_s"), " s")])
+        md.append(_table(["variant", "runs", "gap", "n", "median", "p95", "max"], rows))
+        starts = iso.get("child_start") or {}
+        if starts:
+            md.append("Run child start (request → the function entered, no wandb.init): "
+                      + "; ".join(f"{k} median {_f(v.get('median_s'), ' s', 3)} (max {_f(v.get('max_s'), ' s', 3)})"
+                                  for k, v in starts.items()) + ".\n")
+
+    ray = b.get("ray_latency")
+    if ray and ray.get("tries"):
+        md.append(f"## 8. Ray: {ray['N']} GPU agents on a 2-node cluster (this host, private network namespace)\n")
+        md.append(f"Cluster start {_f(ray.get('cluster_start_s'), ' s')}, connect {_f(ray.get('connect_s'), ' s')}. "
+                  "Latency = a logged `time.time()` (or a run's start) → the snapshot that shows it.\n")
+        rows = [[i + 1, _f(t.get("launch_returned_s"), " s"), _f(t.get("all_in_a_run_s"), " s"), t.get("events"),
+                 _f(t.get("latency_median_s"), " s"), _f(t.get("latency_p95_s"), " s"), _f(t.get("latency_max_s"), " s")]
+                for i, t in enumerate(ray["tries"])]
+        md.append(_table(["try", "launch() returned", "launch → all agents in a run", "events", "latency median",
+                          "p95", "max"], rows))
 
     if out.get("errors"):
         md.append("## Errors\n")

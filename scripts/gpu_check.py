@@ -11,9 +11,8 @@ development machines have no GPU, so nothing here runs in CI.
     3. the kernel's own CUDA_VISIBLE_DEVICES given as the GPU's UUID: inventory and placement follow it
     4. release: after stop(), within 15 s, no worker pid on the GPU and used memory back to the baseline
     5. busy detection: a separate torch process holding memory makes the GPU count as busy
-    6. a process per run under memory pressure: three runs on one agent, each holding 60% of the
-       GPU's memory in a module global; in one process (isolate="agent") a later run runs out of
-       memory, with isolate="run" all three finish
+    6. a process per run: three runs each keeping 60% of the GPU in a global — in-process, run 2 and 3 hit
+       out-of-memory; with isolate="run" all three finish, each in its own process (NVML shows its pid)
 """
 
 from __future__ import annotations
@@ -184,45 +183,53 @@ def check_uuid_visible_devices() -> None:
             os.environ["CUDA_VISIBLE_DEVICES"] = old
 
 
-def make_hoarder():
-    """A trial that keeps 60% of the GPU's memory in a module global: the leak that isolate="run"
-    exists for (a cached model, a fragmented allocator)."""
-
-    def train():
-        import torch
-        import wandb
-
-        with wandb.init() as run:
-            # Kept on an imported module, which lives as long as the process does.
-            keep = torch.__dict__.setdefault("_gpu_check_kept", [])
-            total = torch.cuda.get_device_properties(0).total_memory
-            keep.append(torch.empty(int(0.6 * total), dtype=torch.uint8, device="cuda"))
-            run.log({"loss": float(run.config.i)})
-
-    return train
+_HELD: list = []  # a global of this script (__main__): shipped by value, kept across runs in one process
 
 
-def check_process_per_run_under_memory_pressure() -> None:
-    config = {"method": "grid", "metric": {"name": "loss", "goal": "minimize"}, "parameters": {"i": {"values": [0, 1, 2]}}}
-    states = {}
+def takes_60_percent():
+    import os
+    import time
+
+    import torch
+    import wandb
+
+    with wandb.init() as run:
+        total = torch.cuda.get_device_properties(0).total_memory
+        _HELD.append(torch.empty(int(total * 0.6), dtype=torch.uint8, device="cuda"))
+        run.summary["pid"] = os.getpid()
+        run.log({"loss": float(run.config.i)})
+        time.sleep(3)  # long enough for NVML to list the run's pid
+
+
+def check_process_per_run() -> None:
+    outcome = {}
     for isolate in ("agent", "run"):
-        sweep_id = sweep_magic.local_sweep(config, project=f"gpu-check-hoard-{isolate}")
-        session = sweep_magic.launch(make_hoarder(), sweep_id, gpus=[0], isolate=isolate)
-        session.wait(timeout=600)
-        states[isolate] = sorted(r["state"] for r in session.results())
-        errors = [r["error"].strip().splitlines()[-1] for r in session.results() if r.get("error")]
-        states[f"{isolate}_errors"] = errors[:2]
-    in_process_oom = states["agent"].count("finished") < 3 and any("out of memory" in e.lower() for e in states["agent_errors"])
-    check("process per run under memory pressure", in_process_oom and states["run"] == ["finished"] * 3, **states)
+        sweep_id = sweep_magic.local_sweep({"method": "grid", "parameters": {"i": {"values": [0, 1, 2]}}},
+                                           project=f"gpu-isolate-{isolate}")
+        session = sweep_magic.launch(takes_60_percent, sweep_id, gpus=[0], isolate=isolate)
+        seen_on_gpu: set[int] = set()
+        deadline = time.monotonic() + 300
+        while not session.done and time.monotonic() < deadline:
+            seen_on_gpu |= nvml_state()[0]
+            time.sleep(0.25)
+        session.stop()
+        results = session.results()
+        outcome[isolate] = {"states": [r["state"] for r in results], "pids": [r["pid"] for r in results],
+                            "errors": [(r["error"] or "").strip().splitlines()[-1:] for r in results],
+                            "agent_pid": session.agents()[0].pid, "nvml_pids": sorted(seen_on_gpu)}
+    run = outcome["run"]
+    check("6 a process per run", outcome["agent"]["states"][:1] == ["finished"]
+          and "failed" in outcome["agent"]["states"][1:] and run["states"] == ["finished"] * 3
+          and len(set(run["pids"])) == 3 and set(run["pids"]) <= set(run["nvml_pids"]), **outcome)
 
 
 def main() -> int:
     pynvml.nvmlInit()
     for step in (check_inventory_and_busy, check_placement_and_release, check_uuid_visible_devices,
-                 check_process_per_run_under_memory_pressure):
+                 check_process_per_run):
         try:
             step()
-        except Exception as err:  # noqa: BLE001 - a broken step must not hide the others' figures
+        except Exception as err:  # a broken step must not hide the others' figures
             check(step.__name__, False, error=repr(err))
     sweep_magic.stop_all()
     sweep_magic.local_server().stop()

@@ -50,6 +50,8 @@ def launch(
     entity: str | None = None,
     nice: int | None = None,
     isolate: str = "agent",
+    backend: str | None = None,
+    ray_address: str | None = None,
 ) -> SweepSession:
     """Start agents that run ``function`` for the sweep ``sweep_id``; returns at once.
 
@@ -72,6 +74,11 @@ def launch(
 
     Raises a ``SweepMagicError`` subclass with a one-line message, before any process
     starts, for every input it can check.
+
+    ``backend="ray"`` (implied by ``ray_address``) runs the agents on a Ray cluster (see
+    ``agents/ray.py`` and docs/ray.md): ``ray_address`` is what ``ray.init(address=...)``
+    takes, None for this process's Ray or else ``"auto"``; ``gpus=N`` then counts GPUs
+    across the cluster (``"all"``: all of them) and ``agents_per_gpu=k`` shares each by k.
     """
     if not valid_count(count):
         raise SweepMagicError(f"count must be a whole number ≥ 1 (runs per agent), got {count!r}")
@@ -81,23 +88,66 @@ def launch(
         raise SweepMagicError(f"isolate must be one of {', '.join(map(repr, ISOLATE_MODES))}, got {isolate!r}")
     if not isinstance(sweep_id, str) or not sweep_id.strip():
         raise SweepNotFound(f"a sweep id is a non-empty string, got {sweep_id!r}")
+    backend = backend or ("ray" if ray_address is not None else "local")
+    if backend not in ("local", "ray"):
+        raise SweepMagicError(f"backend must be 'local' or 'ray', not {backend!r}")
+    if backend == "ray":
+        return _launch_ray(function, sweep_id, gpus=gpus, cpus=cpus, agents_per_gpu=agents_per_gpu, count=count,
+                           project=project, entity=entity, nice=nice, ray_address=ray_address, isolate=isolate)
     function_pickle = payload.prepare(function) if function is not None else b""
     from sweep_magic import devices
 
     slots = devices.plan(gpus=gpus, cpus=cpus, agents_per_gpu=agents_per_gpu)
     target = targets.resolve(sweep_id.strip(), project, entity)
+    _check_program(function, target, sweep_id)
+    return _start(function_pickle, slots, target, count=count, nice=nice, isolate=isolate)
+
+
+def _check_program(function, target, sweep_id: str) -> None:
     if function is None and not (target.program or target.command):
         raise SweepMagicError(
             f"no function given, and sweep {sweep_id!r} has no `program:` or `command:` in its config "
             "to run instead: pass the function to run"
         )
 
+
+def _launch_ray(function, sweep_id: str, *, gpus, cpus, agents_per_gpu, count, project, entity, nice,
+                ray_address, isolate) -> SweepSession:
+    from sweep_magic.agents import ray as ray_agents
+    from sweep_magic.agents import ray_ship
+
+    ray_agents.check_request(gpus, cpus, agents_per_gpu)
+    function_pickle = ray_ship.pickle_function(function) if function is not None else b""  # local modules by value
+    target = targets.resolve(sweep_id.strip(), project, entity)
+    _check_program(function, target, sweep_id)
+    client = ray_agents.connect(ray_address)
+    if client and target.local:
+        raise SweepMagicError(
+            "a local sweep cannot run through Ray Client (ray://): its server is on this machine's loopback; "
+            "run the notebook on a node of the cluster (ray_address='auto' or 'HOST:PORT')"
+        )
+    placement = ray_agents.place(gpus=gpus, cpus=cpus, agents_per_gpu=agents_per_gpu)
+    try:
+        backend = ray_agents.RayBackend(placement, server_url=target.report_url)
+    except BaseException:
+        placement.release()
+        raise
+    try:
+        return _start(function_pickle, placement.slots, target, count=count, nice=nice, isolate=isolate,
+                      backend=backend)
+    except BaseException:
+        backend.close()
+        raise
+
+
+def _start(function_pickle: bytes, slots, target, *, count, nice, isolate, backend=None) -> SweepSession:
     session_id = f"s{next(_numbers)}"
     session_dir = _session_dir(session_id)
     log_dir = os.path.join(session_dir, "logs")
     os.makedirs(log_dir, mode=0o700, exist_ok=True)
-    if target.local:
-        # Runs that cannot report through the side channel are read from their files here.
+    if target.local and backend is None:
+        # Runs that cannot report through the side channel are read from their files here
+        # (remote nodes' files are not on this machine: they report every run).
         from sweep_magic.server import local_server
 
         local_server().add_wandb_dir(session_dir)
@@ -127,6 +177,8 @@ def launch(
         )
 
     changes = Subscribers()
+    if backend is not None:
+        spec_for_slot = backend.for_slots(spec_for_slot)
     supervisor = Supervisor(
         spec_for_slot,
         slots,
@@ -136,7 +188,16 @@ def launch(
         metric_name=target.metric_name,
         metric_goal=target.metric_goal,
         on_change=changes.fire,
+        backend=backend,
     )
+    if backend is not None and hasattr(backend, "close"):
+
+        def release_when_done() -> None:
+            # Once every agent has ended: the placement group and the gateway go.
+            if supervisor.snapshot().done:
+                backend.close()
+
+        changes.add(release_when_done)
     session = SweepSession(supervisor, changes, id=session_id, sweep_id=target.sweep_id, dir=session_dir,
                            local=target.local)
     with _sessions_lock:

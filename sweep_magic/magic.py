@@ -36,6 +36,7 @@ Examples::
     def train(): ...
 
     %sweep_parallel entity/project/abc123 --function train --gpus free   # an existing function
+    %sweep_parallel {sweep_id} -f train --ray --gpus 8 --agents-per-gpu 2  # 16 agents across a Ray cluster
     %sweep_parallel                                          # the panel, with a form
     %sweep_status                                            # every session of this kernel
     %sweep_stop s1                                           # stop one session (all without an id)
@@ -51,13 +52,16 @@ class SweepMagics(Magics):
     @argument("sweep_id", nargs="?", help="the sweep: a local_sweep id, or a W&B sweep id / ENTITY/PROJECT/ID")
     @argument("--function", "-f", metavar="NAME", help="the function to run (default: the one the cell defines)")
     @argument("--config", metavar="VAR_OR_YAML", help="make a local sweep from a dict variable or a YAML file")
-    @argument("--gpus", metavar="LIST|all|free", help="GPUs for agents: 0,1 or all or free (idle ones)")
+    @argument("--gpus", metavar="LIST|all|free", help="GPUs for agents: 0,1 or all or free (idle ones); with --ray: how many")
     @argument("--agents-per-gpu", type=_count, default=1, metavar="N", help="agents sharing each GPU (default 1)")
     @argument("--cpus", type=_count, metavar="N", help="run N agents on CPU cores")
     @argument("--count", type=_count, metavar="N", help="runs per agent (default: until the sweep is done)")
     @argument("--nice", type=_nice, metavar="N", help="lower the agents' CPU priority, 0..19 (keeps the notebook responsive)")
     @argument("--isolate", choices=("agent", "run"), default="agent",
               help="run: each run in a fresh process (memory and globals die with it); agent (default): all runs in the agent's")
+    @argument("--ray", nargs="?", const="", metavar="ADDRESS",
+              help="run the agents on a Ray cluster (ADDRESS as ray.init takes it; default: this kernel's Ray, "
+                   "else 'auto'); --gpus N then counts GPUs across the cluster")
     @argument("--project", metavar="P", help="W&B project (of the sweep, or of the new local sweep)")
     @argument("--entity", metavar="E", help="W&B entity")
     @argument("--wait", action="store_true", default=None, help="block until the sweep ends (default when headless)")
@@ -78,6 +82,7 @@ class SweepMagics(Magics):
         args = parse_argstring(self.sweep_parallel, line)
         if cell is not None and not cell.strip():
             raise UsageError("%%sweep_parallel needs a cell that defines the function to run")
+        _ray_address(args)
         function = self._function(args, cell)
         if args.config is not None:
             _precheck(function, args)  # a bad function or placement must not leave a new sweep behind
@@ -94,6 +99,8 @@ class SweepMagics(Magics):
                 entity=args.entity,
                 nice=args.nice,
                 isolate=args.isolate,
+                backend="ray" if args.ray is not None else None,
+                ray_address=args.ray or None,
             )
         except SweepMagicError as err:
             raise UsageError(str(err)) from None
@@ -213,9 +220,26 @@ def _precheck(function, args) -> None:
 
     try:
         payload.prepare(function)
-        devices.plan(gpus=args.gpus, cpus=args.cpus, agents_per_gpu=args.agents_per_gpu)
+        if args.ray is not None:
+            from sweep_magic.agents.ray import check_request  # the cluster is asked at launch
+
+            check_request(gpus=args.gpus, cpus=args.cpus, agents_per_gpu=args.agents_per_gpu)
+        else:
+            devices.plan(gpus=args.gpus, cpus=args.cpus, agents_per_gpu=args.agents_per_gpu)
     except SweepMagicError as err:
         raise UsageError(str(err)) from None
+
+
+def _ray_address(args) -> None:
+    """``--ray`` takes an optional ADDRESS, so ``--ray SWEEP_ID`` would swallow the sweep id:
+    a word that is no Ray address ("auto", "local", HOST:PORT, ray://…) is the sweep id."""
+    value = args.ray
+    if not value or value in ("auto", "local") or ":" in value:
+        return
+    if args.sweep_id is None and args.config is None:
+        args.sweep_id, args.ray = value, ""
+        return
+    raise UsageError(f"--ray ADDRESS: expected 'auto', 'HOST:PORT' or 'ray://HOST:PORT', not {value!r}")
 
 
 def _load_config(ref: str, ns: dict) -> dict:

@@ -81,6 +81,7 @@ class AgentSnapshot:
     reason: str | None = None  # why it ended or last crashed ("killed by SIGABRT", ...)
     log_path: str | None = None
     log_tail: tuple[str, ...] = ()
+    node: str = ""  # where it runs: "" = this machine; a Ray node's IP (with an id when IPs repeat)
 
     @property
     def ended(self) -> bool:

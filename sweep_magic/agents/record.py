@@ -67,8 +67,10 @@ class AgentRecord:
 
     def snapshot(self) -> AgentSnapshot:
         return AgentSnapshot(
-            index=self.index, device=self.slot.label, state=self.state,
+            # A backend that learns the device only once placed (Ray) says it itself.
+            index=self.index, device=getattr(self.proc, "device", None) or self.slot.label, state=self.state,
             pid=self.proc.pid if self.proc is not None else None, current_run=self.current_run,
             runs_done=self.runs_done, restarts=self.restarts, exit_code=self.exit_code, reason=self.reason,
             log_path=self.log_path, log_tail=tuple(self.tail),
+            node=getattr(self.proc, "node", "") or "",
         )  # fmt: skip

@@ -379,7 +379,8 @@ class Supervisor:
         lost = None
         agent.exit_code = code
         agent.read_tail()
-        why = describe_exit(code)
+        # A backend may know better than the exit status (a Ray actor whose node was lost).
+        why = getattr(proc, "exit_reason", None) or describe_exit(code)
         intent = agent.intent
         if agent.current_run and agent.current_run in self._runs:
             run = self._runs[agent.current_run]

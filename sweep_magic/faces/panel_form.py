@@ -36,7 +36,7 @@ def user_functions(namespace: dict, hidden: dict | None = None) -> list[str]:
     return sorted(names)
 
 
-# Functions imported from these are tools, not something to train (``from sweep_magic.panel import show_panel``).
+# Functions imported from these are tools, not something to train (``from sweep_magic.faces.panel import show_panel``).
 _TOOL_PACKAGES = ("sweep_magic", "IPython", "ipykernel", "ipywidgets", "wandb", "jupyter_client")
 
 
@@ -84,6 +84,11 @@ class PanelForm:
         if callable(self._wanted_function):
             self._wanted_function = getattr(self._wanted_function, "__name__", None)
         self.count = _int_box("runs per agent (0: no limit)", int(d.get("count") or 0), 0, width="20em")
+        self.fresh_process = W.Checkbox(
+            value=d.get("isolate") == "run", description="fresh process per run", indent=False,
+            tooltip="each run's function in a process of its own: memory and globals a run keeps die with it",
+            layout=W.Layout(width="14em"),
+        )
         # One checkbox per GPU; busy ones (another user's process, little free memory) start unticked.
         wanted = d.get("gpus")
         self.gpu_boxes: list[W.Checkbox] = []
@@ -121,7 +126,7 @@ class PanelForm:
                 break
 
     def input_widgets(self) -> list:
-        return [self.sweep, self.project, self.function, self.count, self.agents_per_gpu,
+        return [self.sweep, self.project, self.function, self.count, self.fresh_process, self.agents_per_gpu,
                 self.cpu_agents, self.cores_each, *self.gpu_boxes]
 
     def desired(self) -> dict:
@@ -130,7 +135,7 @@ class PanelForm:
 
     def widget(self) -> W.Widget:
         what = W.HBox([self.sweep, self.project])
-        how = W.HBox([self.function, self.count])
+        how = W.HBox([self.function, self.count, self.fresh_process])
         if self.cpu_mode:
             where = W.VBox([
                 W.HTML("<b>devices</b> — no GPU visible: agents on CPU cores"),
@@ -187,6 +192,8 @@ class PanelForm:
         placement = self.placement()
         sweep_id = self.resolve_sweep(local_sweep)
         kwargs = {"function": function, "sweep_id": sweep_id, "count": self.count.value or None, **placement}
+        if self.fresh_process.value:
+            kwargs["isolate"] = "run"
         if self.project.value.strip():
             kwargs["project"] = self.project.value.strip()
         return kwargs

@@ -36,7 +36,8 @@ def fmt_config(config: dict, limit: int = 8) -> str:
 def agent_label(agent: AgentSnapshot | None, index: int | None = None) -> str:
     if agent is None:
         return f"[agent {index}]"
-    return f"[agent {agent.index} · {agent.device}]"
+    where = f" @ {agent.node}" if agent.node else ""  # a Ray node; "" = this machine
+    return f"[agent {agent.index} · {agent.device}{where}]"
 
 
 def _metric_part(snap: SessionSnapshot, run: RunSnapshot) -> str:

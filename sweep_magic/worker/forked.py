@@ -1,9 +1,10 @@
-"""A worker forked from the warm start server instead of started as a fresh interpreter.
+"""A worker forked from the zygote (``worker/zygote.py``) instead of started as a fresh
+interpreter.
 
-The kernel side keeps one ``multiprocessing`` fork server per kernel (``agents/warm.py``):
-a fresh interpreter, started from the kernel with ``spawn`` semantics, that imported wandb
-and the worker once and then forks a child per agent.  A fork of *that* process is safe
-where a fork of the kernel is not: it has one thread, no IPython, no CUDA, no wandb-core.
+The kernel side keeps one zygote per kernel (``agents/warm.py``): a fresh interpreter that
+imported wandb and the worker once and then forks a child per agent.  A fork of *that*
+process is safe where a fork of the kernel is not: it has one thread, no IPython, no CUDA,
+no wandb-core.
 
 ``run`` turns such a fork into exactly what ``python -m sweep_magic.worker`` would be:
 its own session and process group, the agent's log file as stdout/stderr, the kernel's

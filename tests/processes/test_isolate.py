@@ -58,11 +58,41 @@ def steps_with_a_helper():
     helper.kill()
 
 
+def ignores_sigint():
+    import signal
+    import time
+
+    import wandb
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with wandb.init() as run:
+        run.log({"loss": 1.0})
+        time.sleep(300)
+
+
 def quickstart_train():
     import wandb
 
     with wandb.init() as run:
         run.log({"loss": run.config.lr * run.config.width})
+
+
+def _refuse_to_load():
+    raise RuntimeError("this object cannot be loaded here")
+
+
+class _LoadsNowhere:
+    def __reduce__(self):
+        return (_refuse_to_load, ())
+
+
+def make_unloadable():
+    thing = _LoadsNowhere()
+
+    def train():
+        return thing
+
+    return train
 
 
 def _sweep(values, project, **constants) -> str:
@@ -86,6 +116,13 @@ def _group_alive(pgid: int) -> bool:
         except (ProcessLookupError, psutil.Error):
             continue
     return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _run(session, run_id):
@@ -169,6 +206,19 @@ def test_a_run_killed_by_sigkill_crashes_alone(start, monkeypatch):
     assert server_runs == {1: "finished", 2: "crashed", 3: "finished"}
 
 
+def test_a_function_that_cannot_be_loaded_fails_the_agent_once():
+    session = api.launch(make_unloadable(), _sweep([1, 2, 3], "unloadable"), cpus=1, isolate="run")
+    try:
+        assert session.wait(timeout=120), session.agents()
+    finally:
+        session.stop()
+    (agent,) = session.agents()
+    assert agent.state == "failed" and agent.restarts == 0
+    assert "could not be loaded in the run's process" in agent.reason
+    (run,) = session.results()  # the first run tells; the agent takes no more
+    assert run["state"] == "failed" and "this object cannot be loaded here" in run["error"]
+
+
 def test_hyperband_stop_kills_the_run_group_and_the_agent_goes_on(monkeypatch):
     sweep_id = local_sweep({
         "method": "grid", "metric": {"name": "loss", "goal": "minimize"},
@@ -220,9 +270,8 @@ def test_stop_and_kill_agent_leave_no_run_process_behind():
         members = [first.pid] + [p.pid for p in psutil.Process(first.pid).children(recursive=True)]
         session.kill_agent(0)
         wait_for(lambda: not _group_alive(first.pid), 10, "the killed agent's run group to go")
-        assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE or not psutil.pid_exists(worker.pid)
-        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                       for pid in members)
+        wait_for(lambda: not _alive(worker.pid), 10, "the killed worker to go")
+        assert not any(_alive(pid) for pid in members)
         wait_for(lambda: _run(session, first.run_id).state != "running" and session.agents()[0].ended, 20,
                  "the killed agent to be settled")
         assert _group_alive(other.pid)
@@ -235,6 +284,23 @@ def test_stop_and_kill_agent_leave_no_run_process_behind():
     assert states[first.run_id] == "killed" and states[other.run_id] == "killed"
     # The no_orphans fixture checks every process of the test (fork servers, run children,
     # their helpers, wandb-core) is gone.
+
+
+def test_stop_escalates_on_a_run_that_ignores_sigint():
+    session = api.launch(ignores_sigint, _sweep([1, 2], "sigint-isolate"), cpus=1, isolate="run")
+    try:
+        run = wait_for(lambda: next((r for r in session.snapshot().runs if r.pid), None), 120, "the run to start")
+        agent_pid = session.agents()[0].pid
+        t0 = time.monotonic()
+        session.stop()
+        took = time.monotonic() - t0
+    finally:
+        session.stop()
+    assert took < 10, f"stop took {took:.1f} s"
+    assert not _group_alive(run.pid) and not _alive(agent_pid)
+    assert _run(session, run.run_id).state == "killed"
+    (agent,) = session.agents()
+    assert agent.state == "exited" and agent.reason == "stopped"  # the agent itself ended cleanly
 
 
 def test_quickstart_grid_gives_the_same_results_in_both_modes():
@@ -255,3 +321,17 @@ def test_quickstart_grid_gives_the_same_results_in_both_modes():
     assert len(outcome["agent"][0]) == 8
     assert outcome["agent"] == outcome["run"]
     assert outcome["run"][1] == (0.003, 16)
+
+
+def test_isolate_is_checked_and_the_magic_passes_it_on():
+    from IPython.core.error import UsageError
+
+    from sweep_magic.errors import SweepMagicError
+    from sweep_magic.magic import SweepMagics
+
+    with pytest.raises(SweepMagicError, match="isolate must be one of 'agent', 'run'"):
+        api.launch(quickstart_train, "abc", cpus=1, isolate="trial")
+    parse = SweepMagics.sweep_parallel.parser.parse_argstring
+    assert parse("abc --isolate run").isolate == "run" and parse("abc").isolate == "agent"
+    with pytest.raises(UsageError):
+        parse("abc --isolate trial")

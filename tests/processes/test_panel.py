@@ -123,6 +123,17 @@ def test_start_passes_placement_to_launch(make_panel):
     p.start_button.click()
     wait_for(lambda: "already running" in p.error.value, what="refusal shown")
     assert len(launched) == 1
+    assert p.form.fresh_process.value is False  # today's behaviour unless asked
+
+
+def test_fresh_process_checkbox_asks_for_isolate_run(make_panel):
+    launched = []
+    p = make_panel(form=True, launch=lambda **kw: launched.append(kw) or FakeSession(agents=3), shell=real_shell())
+    p.form.sweep.value = "abc123"
+    p.form.fresh_process.value = True
+    wait_for(lambda: not p.start_button.disabled)
+    p.start_button.click()
+    assert p.error.value == "" and launched[0]["isolate"] == "run"
 
 
 def test_config_variable_becomes_a_local_sweep(make_panel):

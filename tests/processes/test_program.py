@@ -36,7 +36,7 @@ with wandb.init() as run:
 DUMP = """
 import json, os, sys
 run_id = os.environ["WANDB_RUN_ID"]
-cmdline = open("/proc/self/cmdline").read().split("\0")[:-1]  # after /usr/bin/env exec'd the interpreter
+cmdline = open("/proc/self/cmdline").read().split(chr(0))[:-1]  # after /usr/bin/env exec'd the interpreter
 out = {"argv": sys.argv, "cmdline": cmdline, "cwd": os.getcwd(), "stdin": sys.stdin.read(), "own_group": os.getpgrp() == os.getpid(),
        "env": {k: v for k, v in os.environ.items() if k.startswith("WANDB_")}}
 with open(os.environ["WANDB_SWEEP_PARAM_PATH"]) as f:
@@ -149,7 +149,7 @@ def test_every_macro_and_the_environment_match_the_wandb_agent_cli(here, monkeyp
     monkeypatch.setenv("DUMP_DIR", str(here / "ours"))
     ours_sid = local_sweep(config, project="prog-ours")
     results = _run(api.launch(None, ours_sid, cpus=1))
-    assert {r["state"] for r in results} == {"finished"}, results
+    assert {r["state"] for r in results} == {"finished"}, [r["error"] for r in results]
     dumps["ours"] = _read_dumps(here / "ours", ours_sid)
     assert len(dumps["cli"]) == len(dumps["ours"]) == 2
     for flag in (True, False):

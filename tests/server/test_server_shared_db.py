@@ -25,7 +25,7 @@ from server_helpers import (
     wait_all,
     write_script,
 )
-from sweep_magic._proc import kill_group
+from sweep_magic._testing import kill_group
 
 from sweep_magic.server.store import Store
 

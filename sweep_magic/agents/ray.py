@@ -1,0 +1,456 @@
+"""The Ray backend: agents on the nodes of a Ray cluster, supervised from the kernel.
+
+    kernel (Ray driver)                                          any node of the cluster
+    ┌────────────────────────────────────────┐                   ┌──────────────────────────────┐
+    │ Supervisor (unchanged state machine)   │ AgentHost.run(spec)│ AgentHost actor (ray_host)   │
+    │  RayBackend.start ─ actor in its       ├──────────────────►│  └ worker process group      │
+    │   placement-group bundle               │◄── stream ────────┤    (as local: lifeline, ...) │
+    │  RayAgentProcess.events(): reader      │  hello, batches,  │  relay 127.0.0.1 ──┐         │
+    │   thread; log bytes → agent-N.log      │  exit code        └────────────────────┼─────────┘
+    │ Gateway actor (this node) ◄────────────┼── forward() over Ray ──────────────────┘
+    │  └► 127.0.0.1 sweep server (key checked end to end)
+    └────────────────────────────────────────┘
+
+Placement: ``gpus=N`` is a count across the cluster (``"all"``: every GPU it has, ``"free"``:
+those free now); each GPU is one placement-group bundle ``{"GPU": 1, "CPU": k}`` shared by
+``agents_per_gpu=k`` agents holding ``1/k`` GPU each, so exactly N whole GPUs are taken and
+Ray sets each actor's ``CUDA_VISIBLE_DEVICES``.  ``cpus=N`` is N CPU agents of one CPU each.
+Every agent reserves ``CPUS_PER_AGENT`` CPUs and caps its thread pools to that.  A request
+the cluster can never meet fails at once; one it cannot meet now fails after
+``PLACEMENT_TIMEOUT`` seconds; either way nothing is left behind.
+
+Failures: a dead actor or node ends the stream with ``RayActorError`` at once (≈1 s for a
+lost node), so the supervisor reports the lost run to the server from here and restarts the
+agent with its usual backoff; the new actor takes the same bundle, which Ray re-places on
+the remaining nodes.  Actors are never detached: they, their workers and the placement
+group die with the kernel.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sweep_magic.agents import local
+from sweep_magic.devices import THREAD_CAP_VARS, AgentSlot
+from sweep_magic.errors import PlacementError, SweepMagicError, first_line
+
+PLACEMENT_TIMEOUT = 15.0  # ≤ 20 s from launch to a PlacementError, connecting included
+START_TIMEOUT = 30.0  # an actor not running by then has no room (a lost node's bundle)
+KILL_GRACE = 3.0  # SIGKILL through the actor, then ray.kill if it did not end
+CPUS_PER_AGENT = 1
+LOST_CODE = -int(signal.SIGKILL)  # what a dead actor's agent reports as its exit status
+
+_classes: dict = {}
+_classes_lock = threading.Lock()
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise SweepMagicError("backend='ray' needs Ray: pip install 'sweep_magic[ray]'") from None
+    return ray
+
+
+def _remote(name: str):
+    """The ``ray.remote`` classes, made once per process (each call would re-export them)."""
+    ray = _ray()
+    from sweep_magic.agents import ray_host
+
+    with _classes_lock:
+        if not _classes:
+            # max_concurrency: signal()/drain() must run while run() streams.
+            _classes["host"] = ray.remote(max_concurrency=8, max_restarts=0)(ray_host.AgentHost)
+            _classes["gateway"] = ray.remote(num_cpus=0, max_concurrency=32, max_restarts=0)(ray_host.Gateway)
+        return _classes[name]
+
+
+def connect(address: str | None) -> bool:
+    """Use this process's Ray, or join the cluster at ``address`` (None: ``"auto"``).
+    Returns True when connected through Ray Client (``ray://``)."""
+    ray = _ray()
+    if ray.is_initialized():
+        return _client_mode(ray)
+    where = address or "auto"
+    try:
+        # log_to_driver=False: Ray would print every actor's output into the cell from a
+        # thread, which DESIGN.md rules out (and our workers' output goes to their logs).
+        ray.init(address=where, log_to_driver=False, logging_level="ERROR", configure_logging=True)
+    except Exception as err:
+        raise SweepMagicError(f"could not connect to Ray at {where!r}: {first_line(err)}") from None
+    _divert_cluster_messages()
+    return where.startswith("ray://")
+
+
+def _divert_cluster_messages() -> None:
+    """Ray's driver prints the cluster's error messages ("a raylet died", ...) from a thread of
+    its own, whatever ``log_to_driver`` says; in a notebook they would land in whichever cell
+    ran last.  Where we started Ray, they go to ``<SWEEP_MAGIC_HOME>/ray-messages.log``; the
+    views show their consequence (the agent's reason).  A private Ray name: if a Ray release
+    moves it, Ray prints as before."""
+    try:
+        from ray._private import worker
+    except ImportError:
+        return
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "sweep_magic", False):
+        return
+
+    def to_file(data, ignore_prefix=False):
+        from sweep_magic.paths import home
+
+        try:
+            os.makedirs(home(), mode=0o700, exist_ok=True)
+            fd = os.open(os.path.join(home(), "ray-messages.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "a") as f:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                for line in data.get("lines") or ():
+                    f.write(f"{stamp} ({data.get('pid')}) {line}\n")
+        except OSError:
+            pass
+
+    to_file.sweep_magic = True
+    worker.print_to_stdstream = to_file
+
+
+def _client_mode(ray) -> bool:
+    try:
+        return bool(ray.util.client.ray.is_connected())
+    except Exception:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Placement
+
+
+def check_request(gpus=None, cpus=None, agents_per_gpu=1) -> tuple[str, object]:
+    """The request's shape, checked without a cluster: ("gpu", N | "all" | "free"),
+    ("cpu", N) or ("auto", None)."""
+    if isinstance(agents_per_gpu, bool) or not isinstance(agents_per_gpu, int) or agents_per_gpu < 1:
+        raise PlacementError(f"agents_per_gpu must be a whole number ≥ 1, not {agents_per_gpu!r}")
+    if gpus is not None and cpus is not None:
+        raise PlacementError("give either gpus= or cpus=, not both")
+    if cpus is not None:
+        if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
+            raise PlacementError(f"cpus must be a whole number ≥ 1 (the number of CPU agents), not {cpus!r}")
+        return "cpu", cpus
+    if gpus is None:
+        return "auto", None
+    if isinstance(gpus, str):
+        word = gpus.strip().lower()
+        if word in ("all", "free"):
+            return "gpu", word
+        if word.isdigit():
+            gpus = int(word)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise PlacementError(
+            f"with Ray, gpus= is how many GPUs of the cluster to use (a whole number, 'all' or 'free'), not {gpus!r}"
+        )
+    return "gpu", gpus
+
+
+@dataclass
+class Placement:
+    """The placement group and, per agent slot, the share of its bundle the actor takes."""
+
+    slots: list[AgentSlot]
+    bundle_of: list[int]
+    num_gpus: float
+    pg: object
+    _released: bool = field(default=False, repr=False)
+
+    def options(self, index: int) -> dict:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=self.bundle_of[index])
+        return dict(num_gpus=self.num_gpus, num_cpus=CPUS_PER_AGENT, scheduling_strategy=strategy)
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        try:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.pg)
+        except Exception:
+            pass  # Ray is gone already: the group went with the job
+
+
+def _threads(n: int) -> dict[str, str]:
+    # Ray gives actors without num_cpus OMP_NUM_THREADS=1 and leaves the rest alone: set all.
+    return {var: str(max(1, n)) for var in THREAD_CAP_VARS}
+
+
+def place(*, gpus=None, cpus=None, agents_per_gpu=1, timeout: float | None = None) -> Placement:
+    """Reserve the agents' resources on the connected cluster; ``PlacementError`` when it cannot."""
+    timeout = PLACEMENT_TIMEOUT if timeout is None else timeout
+    kind, n = check_request(gpus, cpus, agents_per_gpu)
+    ray = _ray()
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    total, free = ray.cluster_resources(), ray.available_resources()
+    gpu_total, gpu_free = int(total.get("GPU", 0)), int(free.get("GPU", 0))
+    if kind == "auto":
+        kind, n = ("gpu", gpu_total) if gpu_total else ("cpu", 1)
+    k = agents_per_gpu if kind == "gpu" else 1
+    if kind == "gpu":
+        if gpu_total == 0:
+            raise PlacementError("the Ray cluster has no GPU; use cpus=N for CPU agents")
+        n = {"all": gpu_total, "free": gpu_free}.get(n, n)
+        if n == 0:
+            raise PlacementError(f"none of the Ray cluster's {gpu_total} GPUs is free now")
+        if n > gpu_total:
+            raise PlacementError(f"gpus={n}: the Ray cluster has {gpu_total} GPU{'s' if gpu_total != 1 else ''}")
+        bundles = [{"GPU": 1, "CPU": k * CPUS_PER_AGENT} for _ in range(n)]
+    else:
+        bundles = [{"CPU": CPUS_PER_AGENT} for _ in range(n)]
+    agents = n * k
+    cpu_total = total.get("CPU", 0)
+    if agents * CPUS_PER_AGENT > cpu_total:
+        raise PlacementError(f"{agents} agents need {agents * CPUS_PER_AGENT} CPUs; the Ray cluster has {cpu_total:g}")
+    # SPREAD: agents on as many nodes as possible (memory headroom, and a lost node takes fewer).
+    pg = placement_group(bundles, strategy="SPREAD")
+    try:
+        ready = pg.wait(timeout_seconds=timeout)
+    except BaseException:
+        remove_placement_group(pg)
+        raise
+    if not ready:
+        remove_placement_group(pg)  # an unmet request would otherwise stay pending forever
+        what = f"{n} GPU{'s' if n != 1 else ''}" if kind == "gpu" else f"{n} CPUs"
+        have = f"{gpu_free} of {gpu_total} GPUs" if kind == "gpu" else f"{free.get('CPU', 0):g} of {cpu_total:g} CPUs"
+        raise PlacementError(f"the Ray cluster could not place {agents} agents ({what}) within {timeout:g} s; "
+                             f"{have} were free")
+    if kind == "gpu":
+        # An even 1/k (to Ray's 4 decimals) so that k shares always fit in the bundle's GPU.
+        share = math.floor(10000 / k) / 10000
+        env = _threads(CPUS_PER_AGENT)  # CUDA_VISIBLE_DEVICES: Ray sets it per actor
+        slots = [AgentSlot(index=i, kind="gpu", label="gpu", gpu_ids=(), cpus=None, env=dict(env))
+                 for i in range(agents)]
+        return Placement(slots, [i // k for i in range(agents)], share, pg)
+    # Zero-GPU actors keep the node's CUDA_VISIBLE_DEVICES: a CPU agent must hide GPUs itself.
+    env = {"CUDA_VISIBLE_DEVICES": "", **_threads(CPUS_PER_AGENT)}
+    slots = [AgentSlot(index=i, kind="cpu", label="cpu", gpu_ids=(), cpus=None, env=dict(env)) for i in range(n)]
+    return Placement(slots, list(range(n)), 0.0, pg)
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend
+
+
+class RayBackend:
+    """``Backend`` over Ray (see the module diagram).  ``close()`` frees the placement group
+    and the gateway; the session calls it once every agent has ended."""
+
+    def __init__(self, placement: Placement, *, server_url: str | None):
+        ray = _ray()
+        self._placement = placement
+        self._slot_of: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._nodes: dict[str, str] = {}
+        self._gateway = None
+        if server_url:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            here = ray.get_runtime_context().get_node_id()
+            self._gateway = _remote("gateway").options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+            ).remote(server_url)
+
+    def for_slots(self, spec_for_slot):
+        """Wrap ``spec_for_slot`` so that ``start`` knows which slot (bundle) a spec is for:
+        the supervisor calls the two back to back, under its lock."""
+
+        def build(slot: AgentSlot):
+            spec = spec_for_slot(slot)
+            with self._lock:
+                self._slot_of[id(spec)] = slot.index
+            return spec
+
+        return build
+
+    def start(self, spec, *, log_path: str, header: str) -> "RayAgentProcess":
+        with self._lock:
+            index = self._slot_of.pop(id(spec))
+            if self._closed:
+                raise SweepMagicError("the session's Ray placement group was released when its agents ended")
+        actor = _remote("host").options(**self._placement.options(index)).remote()
+        kernel_paths = [os.getcwd(), *(os.path.abspath(p) for p in sys.path if p and os.path.isdir(p))]
+        stream = actor.run.remote(index, spec, header, self._gateway, kernel_paths, os.getcwd())
+        return RayAgentProcess(actor, stream, spec, log_path, self.node_label)
+
+    def node_label(self, node_id: str, ip: str) -> str:
+        """The node's IP, with a short id when several nodes share it (one host, containers)."""
+        with self._lock:
+            if node_id not in self._nodes:
+                try:
+                    alive = [n for n in _ray().nodes() if n.get("Alive")]
+                    same_ip = [n for n in alive if n.get("NodeManagerAddress") == ip]
+                except Exception:
+                    same_ip = []
+                self._nodes[node_id] = f"{ip}/{node_id[:6]}" if len(same_ip) > 1 else ip
+            return self._nodes[node_id]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._placement.release()
+        if self._gateway is not None:
+            try:
+                _ray().kill(self._gateway)
+            except Exception:
+                pass
+
+
+class RayAgentProcess:
+    """One agent's actor, seen from the kernel: ``AgentProcess`` for the supervisor."""
+
+    def __init__(self, actor, stream, spec, log_path: str, label):
+        self.pid: int | None = None
+        self.node = ""
+        self.node_id: str | None = None
+        self.device: str | None = None  # "gpu 1" once placed (the slot only says "gpu")
+        self.exit_reason: str | None = None
+        self._actor, self._stream, self._spec, self._label = actor, stream, spec, label
+        self._code: int | None = None
+        self._why_lost: str | None = None
+        self._hello = threading.Event()
+        self._ended = threading.Event()
+        self._log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._timer = threading.Timer(START_TIMEOUT, self._start_timeout)
+        self._timer.daemon = True
+        self._timer.start()
+
+    @property
+    def returncode(self) -> int | None:
+        return self._code
+
+    def events(self):
+        ray = _ray()
+        try:
+            for ref in self._stream:
+                item = ray.get(ref)
+                if "pid" in item:
+                    self._placed(item)
+                    continue
+                if item.get("log"):
+                    self._write(item["log"])
+                if "exit" in item:
+                    self._finish(item["exit"], item.get("lost"))
+                    return
+                yield from item.get("lines", ())
+            self._finish(LOST_CODE, "its Ray actor ended without an exit status")
+        except ray.exceptions.RayActorError as err:
+            self._finish(LOST_CODE, self._why_lost or _lost_reason(err))
+        except Exception as err:  # RayTaskError: run() itself failed on the node
+            self._finish(LOST_CODE, self._why_lost or f"its Ray actor failed: {_cause(err)}")
+
+    def _placed(self, hello: dict) -> None:
+        self._timer.cancel()
+        self.pid, self.node_id = hello["pid"], hello["node_id"]
+        self.node = self._label(hello["node_id"], hello["ip"])
+        gpus = hello.get("gpus") or []
+        self.device = f"gpu {','.join(gpus)}" if gpus else "cpu"
+        self._hello.set()
+
+    def _write(self, data: bytes) -> None:
+        try:
+            os.write(self._log_fd, data)
+        except OSError:
+            pass
+
+    def _finish(self, code: int, reason: str | None) -> None:
+        self._timer.cancel()
+        if reason:
+            self.exit_reason = reason
+            self._write(f"[sweep_magic] agent lost: {reason}\n".encode())
+        self._code = code
+        self._ended.set()
+
+    def _start_timeout(self) -> None:
+        if not self._hello.is_set():
+            self._why_lost = f"its Ray actor was not placed within {START_TIMEOUT:g} s (no room left on the cluster?)"
+            self._kill()
+
+    def _kill(self) -> None:
+        try:
+            _ray().kill(self._actor, no_restart=True)
+        except Exception:
+            pass
+
+    def signal(self, sig: int) -> bool:
+        if self._ended.is_set():
+            return False
+        if not self._hello.is_set():
+            # No worker yet (the actor is pending or starting): ending the actor ends it all.
+            if sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+                self._why_lost = self._why_lost or "stopped before its Ray actor started"
+                self._kill()
+            return True
+        try:
+            self._actor.signal.remote(int(sig))
+        except Exception:
+            return False
+        if sig == signal.SIGKILL:
+            # A node too wedged to pass the signal on: Ray's kill still ends the actor, and the
+            # worker with it (its lifeline is the actor's).
+            timer = threading.Timer(KILL_GRACE, lambda: self._ended.is_set() or self._kill())
+            timer.daemon = True
+            timer.start()
+        return True
+
+    def drain(self) -> None:
+        if self._hello.is_set() and not self._ended.is_set():
+            try:
+                self._actor.drain.remote()
+            except Exception:
+                pass
+
+    def wait(self) -> int:
+        self._ended.wait()
+        return self._code
+
+    def cleanup(self) -> None:
+        # The worker and its wandb-core were reaped on the node before the exit status came;
+        # killing the idle actor frees its share of the bundle for a restart.
+        self._timer.cancel()
+        self._kill()
+        try:
+            os.close(self._log_fd)
+        except OSError:
+            pass
+
+    def report_lost_run(self, run_id: str, state: str, code: int) -> None:
+        # From the kernel, straight to its loopback server: the node may be gone.
+        local.report_lost_run(self._spec, run_id, state, code)
+
+
+def _cause(err: BaseException) -> str:
+    text = str(err)
+    if "No module named 'sweep_magic'" in text:
+        return "sweep_magic is not installed on that node (every node needs the same Python, wandb and sweep_magic)"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else type(err).__name__
+
+
+def _lost_reason(err: BaseException) -> str:
+    text = str(err)
+    if "No module named" in text:
+        return f"its Ray actor could not start: {_cause(err)}"
+    low = text.lower()
+    if "node" in low and ("died" in low or "dead" in low or "failed" in low):
+        return "its Ray node was lost"
+    if "ray.kill" in low or "killed by" in low:
+        return "its Ray actor was killed"
+    return "its Ray actor died"

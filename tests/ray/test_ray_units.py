@@ -1,0 +1,154 @@
+"""The Ray backend's pieces that need no cluster: the request's shape, shipping a notebook's
+own modules, the magic's ``--ray``, the text face's node.  (The cluster tests are in
+``cluster/``, run by ``test_ray.py``.)"""
+
+from __future__ import annotations
+
+import sys
+import types
+import warnings
+
+import cloudpickle
+import pytest
+
+import sweep_magic
+from sweep_magic.agents import ray_ship
+from sweep_magic.agents.ray import check_request
+from sweep_magic.errors import PlacementError, SweepMagicError
+
+
+@pytest.mark.parametrize("kwargs, shape", [
+    (dict(gpus=4), ("gpu", 4)),
+    (dict(gpus="4"), ("gpu", 4)),
+    (dict(gpus="all", agents_per_gpu=2), ("gpu", "all")),
+    (dict(gpus=" Free "), ("gpu", "free")),
+    (dict(cpus=3), ("cpu", 3)),
+    (dict(), ("auto", None)),
+])
+def test_request_shapes(kwargs, shape):
+    assert check_request(**kwargs) == shape
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(gpus="0,1"), "with Ray, gpus= is how many GPUs of the cluster to use"),
+    (dict(gpus=[0, 1]), "with Ray, gpus= is how many GPUs"),
+    (dict(gpus=0), "with Ray, gpus= is how many GPUs"),
+    (dict(gpus=True), "with Ray, gpus= is how many GPUs"),
+    (dict(gpus=2, cpus=2), "either gpus= or cpus="),
+    (dict(cpus=0), "cpus must be a whole number"),
+    (dict(gpus=2, agents_per_gpu=0), "agents_per_gpu must be"),
+])
+def test_bad_requests_are_one_line(kwargs, message):
+    with pytest.raises(PlacementError) as err:
+        check_request(**kwargs)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_unknown_backend_is_refused_before_anything_starts():
+    with pytest.raises(SweepMagicError, match="backend must be 'local' or 'ray'"):
+        sweep_magic.launch(lambda: None, "abc", backend="slurm")
+
+
+@pytest.fixture
+def notebook_module(tmp_path):
+    """A `utils.py` next to the notebook: importable now, gone (file and module) afterwards."""
+    (tmp_path / "h7_units_utils.py").write_text("SCALE = 3\n\ndef triple(x):\n    return SCALE * x\n")
+    sys.path.insert(0, str(tmp_path))
+    import h7_units_utils
+
+    yield h7_units_utils
+    sys.path[:] = [p for p in sys.path if p != str(tmp_path)]
+    sys.modules.pop("h7_units_utils", None)
+
+
+def _gone(module: types.ModuleType) -> None:
+    import os
+
+    os.unlink(module.__file__)
+    sys.modules.pop(module.__name__, None)
+    sys.path[:] = [p for p in sys.path if p != os.path.dirname(module.__file__)]
+
+
+def test_a_notebooks_own_modules_travel_by_value(notebook_module):
+    utils = notebook_module
+    from h7_units_utils import triple
+
+    def via_module():
+        return utils.triple(2)
+
+    def via_name():
+        return triple(3)
+
+    here = sys.modules[__name__]  # this test file is local too (a notebook cell is __main__)
+    assert ray_ship.local_modules(via_module) == [here, utils]
+    assert ray_ship.local_modules(via_name) == [here, utils]
+    blobs = [ray_ship.pickle_function(f) for f in (via_module, via_name)]
+    _gone(utils)  # as on a node that never had the file
+    assert [cloudpickle.loads(b)() for b in blobs] == [6, 9]
+    # The registration was for that pickle only.
+    assert not cloudpickle.cloudpickle._is_registered_pickle_by_value(utils)
+
+
+def test_installed_and_standard_modules_stay_by_reference():
+    import json
+
+    def uses_installed():
+        return json.dumps(cloudpickle.__name__)
+
+    assert ray_ship.local_modules(uses_installed) == [sys.modules[__name__]]
+    assert not ray_ship.is_local_file(json.__file__) and not ray_ship.is_local_file(cloudpickle.__file__)
+
+
+def test_a_local_import_inside_the_body_gets_one_warning_line(notebook_module):
+    def imports_late():
+        import os  # noqa: F401 - standard: no warning
+
+        import h7_units_utils
+
+        return h7_units_utils.triple(1)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ray_ship.pickle_function(imports_late)
+    lines = [str(w.message) for w in caught]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "imports `h7_units_utils` inside its body" in lines[0] and notebook_module.__file__ in lines[0]
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    calls = []
+
+    def fake(function, sweep_id, **kw):
+        calls.append(dict(kw, sweep_id=sweep_id))
+        raise SweepMagicError("stop here")
+
+    monkeypatch.setattr(sweep_magic.api, "launch", fake)
+    return calls
+
+
+@pytest.mark.parametrize("line, sweep_id, address", [
+    ("abc --ray", "abc", None),
+    ("abc --ray auto --gpus 4", "abc", "auto"),
+    ("abc --ray 10.0.0.5:6379", "abc", "10.0.0.5:6379"),
+    ("--ray abc", "abc", None),  # the optional ADDRESS must not swallow the sweep id
+])
+def test_the_magics_ray_option(launched, line, sweep_id, address):
+    from IPython.core.error import UsageError
+
+    from shells import magic_shell
+
+    with magic_shell() as shell:
+        with pytest.raises(UsageError, match="stop here"):
+            shell.run_cell_magic("sweep_parallel", line, "def train():\n    pass\n")
+    assert launched[-1]["sweep_id"] == sweep_id
+    assert launched[-1]["backend"] == "ray" and launched[-1]["ray_address"] == address
+
+
+def test_the_text_face_names_the_node():
+    from sweep_magic.faces import text
+    from sweep_magic.snapshot import AgentSnapshot
+
+    assert text.agent_label(AgentSnapshot(index=1, device="gpu 0", state="idle", node="10.0.0.5")) == \
+        "[agent 1 · gpu 0 @ 10.0.0.5]"
+    assert text.agent_label(AgentSnapshot(index=1, device="gpu 0", state="idle")) == "[agent 1 · gpu 0]"
