@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import wandb
 
 from sweep_magic import _wandb, devices
@@ -63,14 +64,16 @@ def test_every_moved_touch_point_is_refused_degraded_or_named():
             assert any(point.degradation in n and point.where in n for n in said), (case, seen)
 
 
-def _supervisor(server, tmp_path, function, values, moved: dict) -> Supervisor:
-    """One agent whose interpreter has ``moved`` applied at start (a sitecustomize)."""
+def _supervisor(server, tmp_path, function, values, moved: dict, isolate: str = "agent") -> Supervisor:
+    """One agent whose interpreters (and its run children's) have ``moved`` applied at start
+    (a sitecustomize)."""
     sweep_id = grid_sweep(server, values)
     build = spec_builder(server, function, sweep_id, tmp_path)
 
     def spec_for_slot(slot):
         spec = build(slot)
         spec.env = {**spec.env, **moved}
+        spec.isolate = isolate
         return spec
 
     sup = Supervisor(spec_for_slot, devices.plan(cpus=1), session_id="s", sweep_id=sweep_id,
@@ -90,11 +93,13 @@ def train_logs_then_maybe_raises():
             raise RuntimeError("three is bad")
 
 
-def test_worker_without_the_live_hooks_still_finishes_the_sweep(server, tmp_path):
+@pytest.mark.parametrize("isolate", ["agent", "run"])
+def test_worker_without_the_live_hooks_still_finishes_the_sweep(server, tmp_path, isolate):
     """Run._finish re-signed: live detail off, said once; runs still start, end, get their
-    state and their last logged values as summary, and the server gets them too."""
+    state and their last logged values as summary, and the server gets them too -- with
+    runs in the agent's process, and in a process per run."""
     moved = site_dir(tmp_path / "site", "run.finish", "resign")
-    sup = _supervisor(server, tmp_path, train_logs_then_maybe_raises, [1, 2, 3], moved)
+    sup = _supervisor(server, tmp_path, train_logs_then_maybe_raises, [1, 2, 3], moved, isolate)
     try:
         assert sup.wait(120), sup.snapshot()
     finally:
@@ -110,6 +115,8 @@ def test_worker_without_the_live_hooks_still_finishes_the_sweep(server, tmp_path
     assert "three is bad" in runs[3].error
     assert [runs[x].summary["loss"] for x in (1, 2, 3)] == [1.0, 2.0, 3.0]
     assert all(r.dir and os.path.isdir(r.dir) for r in runs.values())
+    if isolate == "run":  # each run reported by its own process's (public) hooks
+        assert len({r.pid for r in runs.values()} - {None, snap.agents[0].pid}) == 3
     served = {r["id"]: r for r in server.runs(snap.sweep_id)}
     assert served[runs[2].run_id]["state"] == "finished" and served[runs[2].run_id]["summary"]["loss"] == 2.0
     assert (snap.agents[0].state, snap.agents[0].restarts) == ("exited", 0)
