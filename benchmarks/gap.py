@@ -9,7 +9,6 @@ exit → next function entry, and → next ``wandb.init`` return), which compare
 
 from __future__ import annotations
 
-
 from benchmarks._common import Bench, gaps, median, pct, read_times, rnd, trial_function, wait_group
 
 # (variant, trial seconds T, runs K).  Short trials show the hand-out pacing (a trial shorter

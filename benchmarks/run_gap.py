@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 from server_helpers import WORKER, agent_env, reap, start, tail, wait_all, write_script  # noqa: E402
+
 from sweep_magic.server import serve  # noqa: E402
 
 MODES = {"plain": {"SM_HEARTBEAT": "5", "SM_HELLO": "0"},

@@ -56,7 +56,6 @@ def run_plain(bench: Bench, K: int, T: float, N: int, shell_loop: bool) -> dict:
 
 def run_sweep_magic(bench: Bench, K: int, T: float, N: int) -> dict:
     import sweep_magic
-
     from sweep_magic.agents import warm
 
     sid, times = bench.sweep(f"sweep_magic{N}", K, kind="sleep", seconds=T)

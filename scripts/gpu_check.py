@@ -229,7 +229,7 @@ def main() -> int:
                  check_process_per_run):
         try:
             step()
-        except Exception as err:  # a broken step must not hide the others' figures
+        except Exception as err:  # noqa: BLE001 - a broken step must not hide the others' figures
             check(step.__name__, False, error=repr(err))
     sweep_magic.stop_all()
     sweep_magic.local_server().stop()

@@ -26,7 +26,8 @@ import os
 import threading
 import time
 
-from sweep_magic import payload, target as targets
+from sweep_magic import payload
+from sweep_magic import target as targets
 from sweep_magic.errors import SweepMagicError, SweepNotFound
 from sweep_magic.options import valid_count, valid_nice
 from sweep_magic.paths import home
@@ -270,7 +271,7 @@ def stop_all(drain: bool = False) -> None:
         try:
             if not session.done:
                 session.stop(drain=drain)
-        except Exception:  # keep stopping the others
+        except Exception:  # noqa: BLE001 - keep stopping the others
             pass
 
 

@@ -18,8 +18,8 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from sweep_magic import api, options
-from sweep_magic.faces import kernel, show
 from sweep_magic.errors import SweepMagicError
+from sweep_magic.faces import kernel, show
 
 _EXAMPLES = """
 Examples::
@@ -166,7 +166,7 @@ class SweepMagics(Magics):
             from sweep_magic.faces.panel import show_panel
 
             usable = kernel.widgets_available(self.shell)
-        except Exception:  # ipywidgets missing, or the panel module broken: the text path still works
+        except Exception:  # noqa: BLE001 - ipywidgets missing, or the panel module broken: the text path still works
             usable = False
         if not usable:
             raise UsageError(

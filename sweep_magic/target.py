@@ -22,8 +22,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from sweep_magic.protocol.env import STALE
 from sweep_magic.errors import LoginRequired, SweepMagicError, SweepNotFound, first_line
+from sweep_magic.protocol.env import STALE
 
 LOCAL_HEARTBEAT_SECONDS = 1.0  # the embedded server is in-process: heartbeats are free
 CLOUD_HEARTBEAT_SECONDS = 5.0  # wandb's own default; don't hammer a shared W&B server
@@ -154,7 +154,7 @@ def _cloud_target(sweep_id: str, bare: str, project, entity, ours: bool | None =
         entity, project = sweep.entity or entity, sweep.project or project
     except wandb.errors.AuthenticationError as err:
         raise LoginRequired(f"W&B at {base_url} refused the login: {first_line(err)}") from None
-    except Exception as err:  # CommError, ValueError, GraphQL errors: all mean "not there for you"
+    except Exception as err:  # noqa: BLE001 - CommError, ValueError, GraphQL errors: all mean "not there for you"
         raise SweepNotFound(f"sweep {path!r} not found on {base_url} ({first_line(err)})") from None
     name, goal = metric(config)
     env = {"WANDB_BASE_URL": base_url}

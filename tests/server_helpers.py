@@ -14,7 +14,6 @@ import sys
 import textwrap
 import time
 
-
 from sweep_magic._testing import kill_group
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from sweep_magic._wandb import surface as _surface
 
@@ -41,7 +42,7 @@ def _safely(callback, *args) -> Any:
     """A callback's failure is printed, never raised into pyagent's threads."""
     try:
         return callback(*args)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a callback's failure is printed, never taken into pyagent's loop
         import traceback
 
         traceback.print_exc()
@@ -179,5 +180,5 @@ def request_exit(agent) -> None:
     agent._exit_flag = True
     try:
         agent._queue.put(_pyagent().Job({"type": "exit"}))
-    except Exception:
-        pass  # agent.queue is best effort: the loop sees the flag within 5 s
+    except Exception:  # noqa: BLE001 - agent.queue is best effort: the loop sees the flag within 5 s
+        pass

@@ -45,7 +45,7 @@ def on_core_started(callback) -> bool:
     ``core_processes_of``)."""
     try:
         service_process = importlib.import_module(LAUNCHER_MODULE)
-    except Exception:
+    except Exception:  # noqa: BLE001 - wandb's launcher moved: the poller is the fallback
         return False
     original = getattr(service_process, "_launch_server", None)
     if original is None:
@@ -62,8 +62,8 @@ def on_core_started(callback) -> bool:
             for cb in list(callbacks):
                 try:
                     cb(pid)
-                except Exception:
-                    pass  # the poller finds it
+                except Exception:  # noqa: BLE001 - the poller finds it
+                    pass
         return service
 
     launch_server._sweep_magic_callbacks = callbacks

@@ -30,7 +30,7 @@ def saved_base_url() -> tuple[str | None, bool]:
     """(base URL from wandb's settings, whether the lookup could be made)."""
     try:
         return (_setup_settings().base_url or "").rstrip("/") or None, True
-    except Exception:
+    except Exception:  # noqa: BLE001 - a private lookup that moved: no login found this way
         return None, False
 
 
@@ -41,17 +41,17 @@ def saved_api_key(base_url: str) -> SavedLogin:
     try:
         auth = importlib.import_module(_surface.AUTH).session_credentials(host=base_url)
         key = getattr(auth, "api_key", None) or None
-    except Exception:
+    except Exception:  # noqa: BLE001 - a private lookup that moved: named in the surface report
         missed.append("login.session")
     if not key:
         try:
             key = importlib.import_module(_surface.NETRC).read_netrc_auth(host=base_url) or None
-        except Exception:
-            key = _stdlib_netrc(base_url)  # not a loss: the file's format is netrc's
+        except Exception:  # noqa: BLE001 - not a loss: the file's format is netrc's
+            key = _stdlib_netrc(base_url)
     if not key:
         try:
             key = getattr(_setup_settings(), "api_key", None) or None
-        except Exception:
+        except Exception:  # noqa: BLE001 - a private lookup that moved: named in the surface report
             missed.append("login.setup")
     return SavedLogin(api_key=key, missed=tuple(missed))
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sweep_magic._wandb import surface as _surface
 from sweep_magic._wandb.agent import _safely, _wrap
@@ -133,7 +134,7 @@ def run_dir(run) -> str | None:
     for read in (lambda: run.sync_dir, lambda: run.settings.sync_dir):  # 0.28+, then 0.25+
         try:
             value = read()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a value that is not a readable number is skipped
             continue
         if isinstance(value, str) and value:
             return value
@@ -144,6 +145,6 @@ def first_step(run) -> int:
     """The step of the run's first ``log`` (0 unless the run was resumed), by a public name."""
     try:
         return int(run.starting_step or 0)
-    except Exception:
+    except Exception:  # noqa: BLE001 - no readable step: 0
         return 0
 

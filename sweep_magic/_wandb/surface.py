@@ -291,7 +291,7 @@ def check(groups: tuple = GROUPS) -> Surface:
     if any(p.form == "instance" for p in points):
         try:
             bare = _bare_agent()
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any failure of a probe is reported as its reason
             bare = f"{type(err).__name__}: {err}"
     problems = {}
     for point in points:
@@ -299,7 +299,7 @@ def check(groups: tuple = GROUPS) -> Surface:
             problem = _probe(point, bare)
         except (ImportError, AttributeError) as err:
             problem = "is missing" if isinstance(err, AttributeError) else f"cannot be imported ({err})"
-        except Exception as err:  # a probe that breaks is a point that does not fit
+        except Exception as err:  # noqa: BLE001 - a probe that breaks is a point that does not fit
             problem = f"could not be checked ({type(err).__name__}: {err})"
         if problem:
             problems[point.id] = problem

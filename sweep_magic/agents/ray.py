@@ -82,7 +82,7 @@ def connect(address: str | None) -> bool:
         # log_to_driver=False: Ray would print every actor's output into the cell from a
         # thread, which DESIGN.md rules out (and our workers' output goes to their logs).
         ray.init(address=where, log_to_driver=False, logging_level="ERROR", configure_logging=True)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - whatever ray.init raises is the one-line reason
         raise SweepMagicError(f"could not connect to Ray at {where!r}: {first_line(err)}") from None
     _divert_cluster_messages()
     return where.startswith("ray://")
@@ -122,7 +122,7 @@ def _divert_cluster_messages() -> None:
 def _client_mode(ray) -> bool:
     try:
         return bool(ray.util.client.ray.is_connected())
-    except Exception:
+    except Exception:  # noqa: BLE001 - Ray's state unreadable: treated as absent
         return False
 
 
@@ -180,8 +180,8 @@ class Placement:
             from ray.util.placement_group import remove_placement_group
 
             remove_placement_group(self.pg)
-        except Exception:
-            pass  # Ray is gone already: the group went with the job
+        except Exception:  # noqa: BLE001 - Ray is gone already: the group went with the job
+            pass
 
 
 def _threads(n: int) -> dict[str, str]:
@@ -278,7 +278,7 @@ class RayBackend:
 
         return build
 
-    def start(self, spec, *, log_path: str, header: str) -> "RayAgentProcess":
+    def start(self, spec, *, log_path: str, header: str) -> RayAgentProcess:
         with self._lock:
             index = self._slot_of.pop(id(spec))
             if self._closed:
@@ -295,7 +295,7 @@ class RayBackend:
                 try:
                     alive = [n for n in _ray().nodes() if n.get("Alive")]
                     same_ip = [n for n in alive if n.get("NodeManagerAddress") == ip]
-                except Exception:
+                except Exception:  # noqa: BLE001 - no node list: no same-address check
                     same_ip = []
                 self._nodes[node_id] = f"{ip}/{node_id[:6]}" if len(same_ip) > 1 else ip
             return self._nodes[node_id]
@@ -309,7 +309,7 @@ class RayBackend:
         if self._gateway is not None:
             try:
                 _ray().kill(self._gateway)
-            except Exception:
+            except Exception:  # noqa: BLE001 - cleanup is best effort: Ray may be gone
                 pass
 
 
@@ -353,7 +353,7 @@ class RayAgentProcess:
             self._finish(LOST_CODE, "its Ray actor ended without an exit status")
         except ray.exceptions.RayActorError as err:
             self._finish(LOST_CODE, self._why_lost or _lost_reason(err))
-        except Exception as err:  # RayTaskError: run() itself failed on the node
+        except Exception as err:  # noqa: BLE001 - RayTaskError: run() itself failed on the node
             self._finish(LOST_CODE, self._why_lost or f"its Ray actor failed: {_cause(err)}")
 
     def _placed(self, hello: dict) -> None:
@@ -386,7 +386,7 @@ class RayAgentProcess:
     def _kill(self) -> None:
         try:
             _ray().kill(self._actor, no_restart=True)
-        except Exception:
+        except Exception:  # noqa: BLE001 - cleanup is best effort: Ray may be gone
             pass
 
     def signal(self, sig: int) -> bool:
@@ -400,7 +400,7 @@ class RayAgentProcess:
             return True
         try:
             self._actor.signal.remote(int(sig))
-        except Exception:
+        except Exception:  # noqa: BLE001 - Ray's state unreadable: treated as not alive
             return False
         if sig == signal.SIGKILL:
             # A node too wedged to pass the signal on: Ray's kill still ends the actor, and the
@@ -414,7 +414,7 @@ class RayAgentProcess:
         if self._hello.is_set() and not self._ended.is_set():
             try:
                 self._actor.drain.remote()
-            except Exception:
+            except Exception:  # noqa: BLE001 - cleanup is best effort: Ray may be gone
                 pass
 
     def wait(self) -> int:

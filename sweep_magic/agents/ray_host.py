@@ -81,7 +81,7 @@ class _RelayHandler(http.server.BaseHTTPRequestHandler):
         headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP]
         try:
             status, out_headers, data = self.server.forward(self.command, self.path, headers, body)
-        except Exception as err:  # the kernel (or the gateway) is gone or too slow
+        except Exception as err:  # noqa: BLE001 - the kernel (or the gateway) is gone or too slow
             self.send_error(502, explain=type(err).__name__)
             return
         self.send_response(status)
@@ -210,7 +210,7 @@ class AgentHost:
     def _spawn_and_wait(self, spec, log_path: str, header: str, spec_dir: str) -> None:
         try:
             self._local = LocalBackend(spec_dir).start(spec, log_path=log_path, header=header)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - whatever stops the start is the agent's error, sent to the kernel
             self._error = f"could not start the worker: {type(err).__name__}: {err}"
             self._spawned.set()
             self._lines.put(None)

@@ -45,7 +45,7 @@ def _preload() -> list[str]:
     for name in PRELOAD:
         try:
             importlib.import_module(name)
-        except Exception as err:  # the child imports it itself then, slower but correct
+        except Exception as err:  # noqa: BLE001 - the child imports it itself then, slower but correct
             problems.append(f"{name}: {err!r}")
     return problems
 
@@ -131,7 +131,7 @@ class Server:
             os.environ.update(request["env"])
             os.chdir(request["cwd"])
             code = run_child.run_function(self.payload, request, events_fd)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - the child must always end through os._exit
             import traceback
 
             traceback.print_exc()

@@ -176,7 +176,7 @@ class Relay(threading.Thread):
             for line in stream:
                 try:
                     self._line(line)
-                except Exception:  # a bad line costs that line only
+                except Exception:  # noqa: BLE001 - a bad line costs that line only
                     pass
 
     def _line(self, line: bytes) -> None:
@@ -267,7 +267,7 @@ class SpawnedChild:
 
 
 class ForkedChild:
-    def __init__(self, pid: int, server: "ForkServer"):
+    def __init__(self, pid: int, server: ForkServer):
         self.pid = pid
         self._server = server
 

@@ -83,8 +83,8 @@ def _die_with_parent(parent_is_kernel: bool = True) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except Exception:
-        pass  # the lifeline still covers it
+    except Exception:  # noqa: BLE001 - the lifeline still covers it
+        pass
 
 
 def read_spec(path: str) -> WorkerSpec:
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None, *, parent_is_kernel: bool = True) -> int
         try:
             # Isolated runs unpickle the function in their own process only.
             function = _load_function(spec) if isolation is None else isolation
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever unpickling raises is the agent's one error
             exiting("error", "the function could not be loaded in the worker:\n" + traceback.format_exc())
             return EXIT_AGENT_ERROR
         try:
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None, *, parent_is_kernel: bool = True) -> int
         except _hooks.HookMissing as err:
             exiting("error", str(err))
             return EXIT_AGENT_ERROR
-        except Exception as err:  # the check or a wrapper broke: one line, no restart loop
+        except Exception as err:  # noqa: BLE001 - the check or a wrapper broke: one line, no restart loop
             exiting("error", f"sweep_magic could not hook wandb: {type(err).__name__}: {err}\n" + traceback.format_exc())
             return EXIT_AGENT_ERROR
         _watch_priority(spec)  # wandb is imported now; its wandb-cores start inside wandb.agent
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None, *, parent_is_kernel: bool = True) -> int
                 project=spec.project,
                 entity=spec.entity,
             )
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - wandb.agent's own failure is the agent's error line
             exiting("error", f"wandb.agent failed: {type(err).__name__}: {err}\n" + traceback.format_exc())
             return EXIT_AGENT_ERROR
         _teardown_wandb()

@@ -117,8 +117,8 @@ def watch_sidecars(nice: int | None, poll: float = POLL_SECONDS) -> threading.Th
                         apply_sidecar(pid, nice)
                         done.add(pid)
                 done &= set(pids)  # forget the dead: pids are reused
-            except Exception:
-                pass  # never let priority work disturb the agent
+            except Exception:  # noqa: BLE001 - never let priority work disturb the agent
+                pass
             time.sleep(poll)
 
     thread = threading.Thread(target=watch, name="sweep-magic-priority", daemon=True)

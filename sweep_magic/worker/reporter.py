@@ -209,7 +209,7 @@ class Reporter:
             return
         try:
             config = {k: v for k, v in dict(run.config).items() if not str(k).startswith("_")}
-        except Exception:
+        except Exception:  # noqa: BLE001 - an unreadable run config falls back to the job's
             config = state.config
         state.next_step = _wandb.first_step(run)
         state.config = config or state.config
@@ -259,7 +259,7 @@ class Reporter:
             return
         try:
             summary = {k: v for k, v in dict(run.summary).items() if not str(k).startswith("_")}
-        except Exception:
+        except Exception:  # noqa: BLE001 - an unreadable summary is reported empty, not fatal
             summary = {}
         with self._lock:
             if state.row is not None:
@@ -362,7 +362,7 @@ class Reporter:
         while not self._stop.wait(1.0 / FLUSH_HZ):
             try:
                 self.flush()
-            except Exception:
+            except Exception:  # noqa: BLE001 - a broken flush must not stop the flusher thread
                 traceback.print_exc()
 
 

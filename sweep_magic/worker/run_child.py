@@ -122,8 +122,8 @@ def parent_death_signal(sig: int) -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)
-    except Exception:
-        pass  # the lifeline still covers it
+    except Exception:  # noqa: BLE001 - the lifeline still covers it
+        pass
 
 
 # -- isolate="run": the user's function --------------------------------------------------
@@ -147,7 +147,7 @@ def run_function(payload: bytes, request: dict, events_fd: int) -> int:
         import cloudpickle
 
         function = cloudpickle.loads(payload)
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - whatever unpickling raises fails this run with its traceback
         text = "the function could not be loaded in the run's process:\n" + traceback.format_exc()
         print(f"sweep_magic: {text}", file=sys.stderr, flush=True)
         outcome(load_error=text)
@@ -162,7 +162,7 @@ def run_function(payload: bytes, request: dict, events_fd: int) -> int:
         if err.code not in (None, 0):
             error = traceback.format_exc()
         _finish_quietly(wandb, 1 if error else 0)
-    except BaseException:  # KeyboardInterrupt too: the agent's stop arrives as SIGINT
+    except BaseException:  # noqa: BLE001 - KeyboardInterrupt too: the agent's stop arrives as SIGINT
         error = traceback.format_exc()
         print(error, file=sys.stderr, flush=True)
         _finish_quietly(wandb, 1)
@@ -174,7 +174,7 @@ def run_function(payload: bytes, request: dict, events_fd: int) -> int:
 def _finish_quietly(wandb, exit_code: int) -> None:
     try:
         wandb.finish(exit_code=exit_code)
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - the child must report and exit whatever happens
         traceback.print_exc()
 
 
@@ -286,7 +286,7 @@ def after_import(name: str, callback) -> None:
                 original(module)
                 try:
                     callback(module)
-                except Exception as err:  # a broken hook costs live metrics, never the user's program
+                except Exception as err:  # noqa: BLE001 - a broken hook costs live metrics, never the user's program
                     print(f"sweep_magic: could not hook wandb in this program ({err!r})", file=sys.stderr)
 
             loader.exec_module = exec_module

@@ -14,9 +14,9 @@ import pytest
 
 from sweep_magic import api, payload
 from sweep_magic import target as targets
+from sweep_magic.errors import FunctionError, SweepMagicError, SweepNotFound
 from sweep_magic.faces import kernel as _display
 from sweep_magic.faces import text
-from sweep_magic.errors import FunctionError, SweepMagicError, SweepNotFound
 from sweep_magic.snapshot import AgentSnapshot, RunSnapshot, SessionSnapshot
 
 

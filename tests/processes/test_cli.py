@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import tomllib
 
 import pytest
-
+import tomllib
 from cli_helpers import (
     REPO,
     cli_env,
@@ -32,6 +30,7 @@ from cli_helpers import (
     wandb_sweep,
     write_module,
 )
+
 from sweep_magic._testing import kill_group
 
 

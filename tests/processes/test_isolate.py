@@ -13,10 +13,10 @@ import time
 
 import psutil
 import pytest
+from workers_helpers import wait_for
 
 from sweep_magic import api, local_server, local_sweep
 from sweep_magic.worker import isolation
-from workers_helpers import wait_for
 
 MB = 1 << 20
 _HOLD = []  # a module global: it survives from run to run in a long-lived agent

@@ -22,12 +22,13 @@ import sweep_magic
 
 pytest.importorskip("ipywidgets")
 
-from sweep_magic.faces import panel as panel_mod  # noqa: E402
-from sweep_magic.faces.panel_form import user_functions  # noqa: E402
+from panel_fakes import FakeSession, four_gpus, real_shell  # noqa: E402
+
 from sweep_magic.errors import SweepMagicError  # noqa: E402
+from sweep_magic.faces import panel as panel_mod  # noqa: E402
 from sweep_magic.faces.panel import SessionPanel, panel_for, widgets_available  # noqa: E402
+from sweep_magic.faces.panel_form import user_functions  # noqa: E402
 from sweep_magic.snapshot import RunSnapshot, SessionSnapshot  # noqa: E402
-from panel_fakes import FakeSession, real_shell, four_gpus  # noqa: E402
 
 
 def wait_for(predicate, timeout=5.0, what="condition"):

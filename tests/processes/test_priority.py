@@ -9,10 +9,10 @@ import time
 import psutil
 import pytest
 from IPython.core.error import UsageError
+from shells import magic_shell
 
 from sweep_magic import api, local_sweep
 from sweep_magic._testing import sidecars_of
-from shells import magic_shell
 
 
 def _grid(n: int, project: str) -> str:

@@ -16,11 +16,11 @@ import threading
 import time
 
 import pytest
+from server_helpers import VENV_BIN, agent_env, reap, start, wait_all, write_script
+from workers_helpers import wait_for
 
 from sweep_magic import api, local_server, local_sweep
 from sweep_magic.worker import program
-from server_helpers import VENV_BIN, agent_env, reap, start, wait_all, write_script
-from workers_helpers import wait_for
 
 TRAIN = """
 import argparse, os, wandb
@@ -175,7 +175,7 @@ def _read_dumps(folder, sweep_id) -> dict:
         dump = json.loads(path.read_text())
         run_id, wandb_dir = dump["env"]["WANDB_RUN_ID"], dump["env"]["WANDB_DIR"]
 
-        def norm(value):
+        def norm(value, run_id=run_id, wandb_dir=wandb_dir):  # bound now: used within this iteration
             if isinstance(value, str):
                 return value.replace(wandb_dir, "<dir>").replace(sweep_id, "<sweep>").replace(run_id, "<run>")
             if isinstance(value, list):

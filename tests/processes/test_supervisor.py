@@ -11,8 +11,10 @@ import signal
 import stat
 import time
 
+from workers_helpers import descendants, log_text, our_processes, start, wait_for
+from workers_helpers import server as _server_fixture  # noqa: F401 - the `server` fixture, registered by import
+
 from sweep_magic import devices
-from workers_helpers import descendants, log_text, our_processes, server, start, wait_for  # noqa: F401  (fixture)
 
 # ---- functions shipped to workers (by value) ---------------------------------------------------
 

@@ -15,12 +15,13 @@ import sys
 
 import pytest
 import wandb
+from wandb_breaks import REPO, TESTS, site_dir
+from workers_helpers import grid_sweep, spec_builder
+from workers_helpers import server as _server_fixture  # noqa: F401 - the `server` fixture, registered by import
 
 from sweep_magic import _wandb, devices
 from sweep_magic._wandb import surface
 from sweep_magic.agents.supervisor import Supervisor
-from wandb_breaks import REPO, TESTS, site_dir
-from workers_helpers import grid_sweep, server, spec_builder, wait_for  # noqa: F401  (fixture)
 
 # Touch points measured missing on a tested minor (docs/wandb-compat.md): best effort only.
 _HEARTBEAT_GAPS = {"agent.heartbeat_commands", "agent.heartbeat_seconds"}  # pyagent before 0.28

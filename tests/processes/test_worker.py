@@ -11,16 +11,16 @@ import time
 
 import cloudpickle
 import psutil
-import pytest
+from workers_helpers import QUIET, grid_sweep, spec_builder, wait_for
+from workers_helpers import server as _server_fixture  # noqa: F401 - the `server` fixture, registered by import
 
 from sweep_magic import devices
 from sweep_magic._testing import sidecars_of
 from sweep_magic.agents.local import describe_exit
-from sweep_magic.protocol import env as _env
 from sweep_magic.agents.supervisor import Supervisor
+from sweep_magic.protocol import env as _env
 from sweep_magic.protocol.spec import WorkerSpec
 from sweep_magic.worker.main import read_spec
-from workers_helpers import QUIET, grid_sweep, server, spec_builder, wait_for  # noqa: F401  (fixture)
 
 
 def test_spec_is_read_and_deleted(tmp_path):

@@ -23,7 +23,6 @@ import time
 
 import psutil
 import pytest
-
 from ray_helpers import only_loopback, ray_installed
 
 HERE = pathlib.Path(__file__).parent

@@ -135,7 +135,6 @@ def launched(monkeypatch):
 ])
 def test_the_magics_ray_option(launched, line, sweep_id, address):
     from IPython.core.error import UsageError
-
     from shells import magic_shell
 
     with magic_shell() as shell:

@@ -16,8 +16,8 @@ import time
 import zlib
 
 import pytest
-
 from server_helpers import agent_env, start, tail, write_script
+
 from sweep_magic._testing import kill_group, sidecars_of
 from sweep_magic.agents.local import wait_until
 from sweep_magic.server import results_reader as rr

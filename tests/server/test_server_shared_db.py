@@ -25,8 +25,8 @@ from server_helpers import (
     wait_all,
     write_script,
 )
-from sweep_magic._testing import kill_group
 
+from sweep_magic._testing import kill_group
 from sweep_magic.server.store import Store
 
 UPSERT = ("mutation UpsertSweep($config: String) { upsertSweep(input: {config: $config}) "

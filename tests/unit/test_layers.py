@@ -146,7 +146,7 @@ def _private_uses(tree: ast.AST, names: set[str]) -> list[str]:
             text = node.value
             if text in names or text.startswith(PRIVATE_MODULES):
                 found.append(f"{text!r} (line {node.lineno})")
-            elif re.search(r"\b(from|import) (%s)\b" % "|".join(map(re.escape, PRIVATE_MODULES)), text):
+            elif re.search(r"\b(from|import) ({})\b".format("|".join(map(re.escape, PRIVATE_MODULES))), text):
                 found.append(f"code in a string imports a private wandb module (line {node.lineno})")
             elif any(re.search(rf"\.{re.escape(n)}\b", text) for n in names if len(n) > 6):
                 found.append(f"code in a string touches a private wandb name (line {node.lineno})")

@@ -51,7 +51,7 @@ def _chain():
 
 try:
     _activate()
-except Exception as _err:  # never break the user's program
+except Exception as _err:  # noqa: BLE001 - never break the user's program
     import sys as _sys
 
     print(f"sweep_magic: live metrics are off for this run ({_err!r})", file=_sys.stderr)

@@ -7,12 +7,10 @@ Only collected inside a private network namespace (see ``tests/ray/conftest.py``
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 
 import pytest
-
 from ray_helpers import agent_processes, only_loopback, ray_installed, wait_for
 
 NODE = dict(num_cpus=2, num_gpus=2, object_store_memory=80 * 1024 * 1024)

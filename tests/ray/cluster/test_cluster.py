@@ -17,9 +17,9 @@ import textwrap
 import time
 
 import pytest
+from ray_helpers import agent_processes, live_actors, live_placement_groups, wait_for
 
 import sweep_magic
-from ray_helpers import agent_processes, live_actors, live_placement_groups, wait_for
 from sweep_magic.errors import PlacementError
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(150)]
@@ -199,7 +199,6 @@ def test_cpu_agents_hide_gpus_cap_threads_use_a_local_module_and_stop_cleanly(cl
 
 def test_a_killed_actor_and_a_lost_node_crash_their_runs_and_the_sweep_completes(cluster, keys, tmp_path, capfd):
     import ray
-
     from conftest import NODE
 
     doomed = cluster.add_node(**NODE, temp_dir=cluster.temp_dir)  # the node this test kills
