@@ -220,7 +220,8 @@ def _check_gpu_picker(page, steps):
     gpu = _cell_output(page, 1)
     with steps.step("the GPU picker renders its checkboxes", 90) as ms:
         gpu.locator(".widget-checkbox").first.wait_for(timeout=ms)
-    boxes = gpu.locator(".widget-checkbox input[type=checkbox]")
+    # The GPU checkboxes (the form has another: "fresh process per run").
+    boxes = gpu.locator(".widget-checkbox", has_text="GPU ").locator("input[type=checkbox]")
     assert boxes.count() == 4
     assert [boxes.nth(i).is_checked() for i in range(4)] == [True, True, False, True]
     assert "alice" in gpu.inner_text() and "(busy)" in gpu.inner_text()
