@@ -12,7 +12,6 @@ import stat
 import time
 
 from workers_helpers import descendants, log_text, our_processes, start, wait_for
-from workers_helpers import server as _server_fixture  # noqa: F401 - the `server` fixture, registered by import
 
 from sweep_magic import devices
 

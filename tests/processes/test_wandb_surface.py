@@ -18,7 +18,6 @@ import pytest
 import wandb
 from wandb_breaks import REPO, TESTS, site_dir
 from workers_helpers import grid_sweep, spec_builder
-from workers_helpers import server as _server_fixture  # noqa: F401 - the `server` fixture, registered by import
 
 from sweep_magic import _wandb, devices
 from sweep_magic._wandb import surface

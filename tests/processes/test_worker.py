@@ -12,7 +12,6 @@ import time
 import cloudpickle
 import psutil
 from workers_helpers import QUIET, grid_sweep, spec_builder, wait_for
-from workers_helpers import server as _server_fixture  # noqa: F401 - the `server` fixture, registered by import
 
 from sweep_magic import devices
 from sweep_magic._testing import sidecars_of
