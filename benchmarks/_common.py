@@ -23,20 +23,16 @@ import time
 import psutil
 
 from sweep_magic._testing import kill_group, sidecars_of  # noqa: F401  (kill_group: re-exported)
+from sweep_magic.protocol.env import LOCAL_DEFAULTS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 VENV_BIN = os.path.dirname(sys.executable)
 MARKER = "SWEEP_MAGIC_BENCH"
 
 # The same for every variant: no system sampling, no machine info, no pip freeze per run,
 # no telemetry, no console spam (docs/protocol.md §5).
-QUIET = {
-    "WANDB__DISABLE_STATS": "true",
-    "WANDB__DISABLE_MACHINE_INFO": "true",
-    "WANDB__SAVE_REQUIREMENTS": "false",
-    "WANDB_ERROR_REPORTING": "false",
-    "WANDB_SILENT": "true",
-}
+QUIET = {**LOCAL_DEFAULTS, "WANDB_SILENT": "true"}  # what sweep_magic's own local workers get, and quiet
 # The kernel's (here: our) wandb state that must not reach an agent (docs/protocol.md §6).
 STALE = ("WANDB_SERVICE", "WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_ENTITY",
          "WANDB_PROJECT", "WANDB_RESUME", "WANDB_DIR", "WANDB_RUN_STORAGE_ID")

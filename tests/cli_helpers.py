@@ -24,17 +24,12 @@ import time
 import urllib.request
 
 from sweep_magic._testing import kill_group
+from sweep_magic.protocol.env import LOCAL_DEFAULTS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.dirname(sys.executable)
 CLI = [sys.executable, "-m", "sweep_magic.cli"]
-QUIET = {
-    "WANDB__DISABLE_STATS": "true",
-    "WANDB__DISABLE_MACHINE_INFO": "true",
-    "WANDB__SAVE_REQUIREMENTS": "false",
-    "WANDB_ERROR_REPORTING": "false",
-    "WANDB_SILENT": "true",
-}
+QUIET = {**LOCAL_DEFAULTS, "WANDB_SILENT": "true"}  # what sweep_magic's own local workers get, and quiet
 _DROP = ("WANDB_SERVICE", "WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_ENTITY", "WANDB_PROJECT", "WANDB_DIR",
          "WANDB_BASE_URL", "WANDB_API_KEY", "WANDB_MODE", "COLUMNS", "LINES")
 

@@ -15,18 +15,13 @@ import textwrap
 import time
 
 from sweep_magic._testing import kill_group
+from sweep_magic.protocol.env import LOCAL_DEFAULTS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.dirname(sys.executable)
 
-QUIET = {
-    "WANDB__DISABLE_STATS": "true",
-    "WANDB__DISABLE_MACHINE_INFO": "true",
-    "WANDB__SAVE_REQUIREMENTS": "false",
-    "WANDB_ERROR_REPORTING": "false",
-    "WANDB_SILENT": "true",
-    "WANDB_CONSOLE": "off",
-}
+# What sweep_magic's own local workers get, and quiet.
+QUIET = {**LOCAL_DEFAULTS, "WANDB_SILENT": "true", "WANDB_CONSOLE": "off"}
 _STALE = ("WANDB_SERVICE", "WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_ENTITY",
           "WANDB_PROJECT", "WANDB_RESUME", "WANDB_DIR")
 

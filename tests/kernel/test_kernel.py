@@ -16,7 +16,7 @@ import time
 import nbformat
 import psutil
 import pytest
-from jupyter_client import KernelManager
+from kernel_helpers import Kernel
 from nbclient import NotebookClient
 
 pytestmark = pytest.mark.kernel
@@ -104,40 +104,9 @@ def test_headless_notebook_fails_when_every_run_failed(home):
     assert "never reached" not in str(info.value) and not nb.cells[3].get("outputs")
 
 
-class _Kernel:
-    """A kernel started by jupyter_client, as JupyterLab would (allow_stdin=True)."""
-
-    def __init__(self):
-        self.km = KernelManager(kernel_name="python3")
-        self.km.start_kernel()
-        self.kc = self.km.client()
-        self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=60)
-
-    def run(self, code: str, timeout: float = 120) -> str:
-        out: list[str] = []
-
-        def hook(msg):
-            content = msg["content"]
-            if msg["msg_type"] == "stream":
-                out.append(content["text"])
-            elif msg["msg_type"] == "error":
-                out.append("\n".join(content["traceback"]))
-
-        reply = self.kc.execute_interactive(code, timeout=timeout, output_hook=hook, allow_stdin=True)
-        assert reply["content"]["status"] == "ok", "".join(out)
-        return "".join(out)
-
-    def close(self) -> None:
-        self.kc.stop_channels()
-        if self.km.is_alive():
-            self.km.shutdown_kernel(now=False)
-        self.km.cleanup_resources()
-
-
 @pytest.fixture
 def kernel(home):
-    k = _Kernel()
+    k = Kernel()
     try:
         yield k
     finally:

@@ -15,7 +15,7 @@ import time
 
 import psutil
 import pytest
-from jupyter_client import KernelManager
+from kernel_helpers import Kernel
 
 pytestmark = pytest.mark.kernel
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,47 +37,6 @@ def train():
 SUMMARY = ("s = sweep_magic.sessions()[-1]\n"
            "print(json.dumps({'kernel': os.getpid(), 'results': s.results(), "
            "'workers': [a.pid for a in s.agents()]}))")
-
-
-class Kernel:
-    def __init__(self):
-        self.km = KernelManager(kernel_name="python3")
-        self.km.start_kernel()
-        self.kc = self.km.client()
-        self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=60)
-
-    def run(self, code: str, timeout: float = 240) -> str:
-        out: list[str] = []
-
-        def hook(msg):
-            if msg["msg_type"] == "stream":
-                out.append(msg["content"]["text"])
-            elif msg["msg_type"] == "error":
-                out.append("\n".join(msg["content"]["traceback"]))
-
-        reply = self.kc.execute_interactive(code, timeout=timeout, output_hook=hook, allow_stdin=True)
-        assert reply["content"]["status"] == "ok", "".join(out)
-        return "".join(out)
-
-    def start(self, code: str) -> str:
-        """Send a cell without waiting for it."""
-        return self.kc.execute(code, allow_stdin=True)
-
-    def finish(self, msg_id: str, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            reply = self.kc.get_shell_msg(timeout=deadline - time.monotonic())
-            if reply["parent_header"].get("msg_id") == msg_id:
-                assert reply["content"]["status"] == "ok", reply["content"]
-                return
-        raise AssertionError("the cell did not end in time")
-
-    def close(self) -> None:
-        self.kc.stop_channels()
-        if self.km.is_alive():
-            self.km.shutdown_kernel(now=True)
-        self.km.cleanup_resources()
 
 
 @pytest.fixture
