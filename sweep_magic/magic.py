@@ -118,7 +118,9 @@ class SweepMagics(Magics):
         ns = self.shell.user_ns
         if cell is None:
             if not args.function:
-                raise UsageError("%sweep_parallel needs --function NAME (or use %%sweep_parallel with a cell)")
+                # No function: the sweep's own `program:` runs, as `wandb agent` runs it
+                # (launch refuses in one line when the sweep has none).
+                return None
             return self._named(args.function)
         code = self.shell.transform_cell(cell)
         try:
@@ -219,7 +221,8 @@ def _precheck(function, args) -> None:
     from sweep_magic import devices, payload
 
     try:
-        payload.prepare(function)
+        if function is not None:  # None: the sweep's program runs
+            payload.prepare(function)
         if args.ray is not None:
             from sweep_magic.agents.ray import check_request  # the cluster is asked at launch
 

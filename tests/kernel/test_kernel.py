@@ -223,3 +223,30 @@ def test_two_sessions_at_once_in_one_kernel(kernel):
     assert a0 < b1 and b0 < a1, "the two sessions ran at the same time"
     status = kernel.run("%sweep_status")
     assert info["ids"][0] in status and info["ids"][1] in status and status.count("finished") >= 2
+
+
+def test_a_program_sweep_from_the_magic(home):
+    """A sweep with `program:` (as `wandb sweep sweep.yaml` makes) run from a notebook: the line
+    magic with no function runs the program for each run, as `wandb agent` would."""
+    (home / "train.py").write_text(
+        "import argparse, wandb\n"
+        "p = argparse.ArgumentParser(); p.add_argument('--lr', type=float); a = p.parse_args()\n"
+        "with wandb.init() as run:\n"
+        "    run.log({'loss': a.lr * 2})\n"
+    )
+    code = nbformat.v4.new_code_cell
+    nb = nbformat.v4.new_notebook(cells=[
+        code("%load_ext sweep_magic\nimport json, sys\nimport sweep_magic"),
+        # ${interpreter} is `python` from PATH, as in `wandb agent`: this kernel's, here.
+        code("config = {'method': 'grid', 'program': 'train.py', 'metric': {'name': 'loss', 'goal': 'minimize'},\n"
+             "          'command': [sys.executable, '${program}', '${args}'],\n"
+             "          'parameters': {'lr': {'values': [0.1, 0.2, 0.3]}}}\n"
+             "sid = sweep_magic.local_sweep(config, project='kernel-program')"),
+        code("%sweep_parallel {sid} --cpus 1 --wait --no-widget"),
+        code("print(json.dumps(sweep_magic.sessions()[-1].results()))"),
+    ])
+    NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(home)}}).execute()
+    results = json.loads(nb.cells[3].outputs[0]["text"])
+    assert sorted(r["config"]["lr"] for r in results) == [0.1, 0.2, 0.3]
+    assert {r["state"] for r in results} == {"finished"}
+    assert sorted(r["summary"]["loss"] for r in results) == pytest.approx([0.2, 0.4, 0.6])

@@ -111,7 +111,7 @@ def test_help_has_options_and_examples(ip, capsys):
         ("%%sweep_parallel abc --cpus 1 --gpus 0\ndef train():\n    pass\n", "not both"),
         ("%%sweep_parallel abc\ndef train(:\n", "does not parse"),
         ("%%sweep_parallel abc\nasync def train():\n    pass\n", "async"),
-        ("%sweep_parallel abc --cpus 1", "needs --function NAME"),
+        ("%sweep_parallel abc --cpus 1", "'abc'"),  # no function: a program sweep, and abc is no sweep
         ("%sweep_parallel abc --function missing", "no function named 'missing'"),
         ("%sweep_stop s999", "session"),
     ],
