@@ -58,6 +58,9 @@ def _int_box(description: str, value: int, minimum: int, maximum: int = 10_000, 
     )
 
 
+PROGRAM = "(the sweep's program)"  # no function: each run executes the sweep's program:, as `wandb agent`
+
+
 class PanelForm:
     """Widgets for the launch settings; ``launch_kwargs()`` reads them back."""
 
@@ -115,7 +118,7 @@ class PanelForm:
         """Re-read the user's namespace (after each cell) so new functions appear."""
         ns = getattr(self.shell, "user_ns", None) or {}
         hidden = getattr(self.shell, "user_ns_hidden", None) or {}
-        names = user_functions(ns, hidden)
+        names = [*user_functions(ns, hidden), PROGRAM]
         if tuple(names) == tuple(self.function.options):
             return
         keep = self.function.value
@@ -160,6 +163,8 @@ class PanelForm:
 
     def resolve_function(self):
         name = self.function.value
+        if name == PROGRAM:
+            return None  # launch runs the sweep's program:, or says in one line that it has none
         ns = getattr(self.shell, "user_ns", None) or {}
         if not name or name not in ns:
             raise SweepMagicError("Pick the function to run: define it in a cell (def train(): ...) and choose it.")

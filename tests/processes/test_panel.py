@@ -27,7 +27,7 @@ from panel_fakes import FakeSession, four_gpus, real_shell  # noqa: E402
 from sweep_magic.errors import SweepMagicError  # noqa: E402
 from sweep_magic.faces import panel as panel_mod  # noqa: E402
 from sweep_magic.faces.panel import SessionPanel, panel_for, widgets_available  # noqa: E402
-from sweep_magic.faces.panel_form import user_functions  # noqa: E402
+from sweep_magic.faces.panel_form import PROGRAM, user_functions  # noqa: E402
 from sweep_magic.snapshot import RunSnapshot, SessionSnapshot  # noqa: E402
 
 
@@ -107,7 +107,7 @@ def test_start_passes_placement_to_launch(make_panel):
 
     shell = real_shell()
     p = make_panel(form=True, launch=launch, shell=shell)
-    assert p.form.function.options == ("train",)
+    assert p.form.function.options == ("train", PROGRAM)
     p.form.sweep.value = "abc123"
     p.form.count.value = 5
     p.form.agents_per_gpu.value = 2
@@ -348,3 +348,15 @@ def test_yaml_path_becomes_a_local_sweep(make_panel, tmp_path):
     p.session.stop()
     p.start_button.click()
     wait_for(lambda: "nor YAML file" in p.error.value)
+
+
+def test_a_program_sweep_from_the_panel(make_panel):
+    """Picking "(the sweep's program)" launches with no function: each run executes the
+    sweep's program:, as `wandb agent` would."""
+    launched = []
+    p = make_panel(form=True, launch=lambda **kw: launched.append(kw) or FakeSession(agents=3), shell=real_shell())
+    p.form.sweep.value = "abc123"
+    p.form.function.value = PROGRAM
+    wait_for(lambda: not p.start_button.disabled)
+    p.start_button.click()
+    assert p.error.value == "" and launched[0]["function"] is None and launched[0]["sweep_id"] == "abc123"
