@@ -108,7 +108,7 @@ def agent_row_html(agent: AgentSnapshot, run: RunSnapshot | None) -> str:
         step, metrics = "", ""
     cells = [
         f"#{agent.index}",
-        esc(agent.device),
+        esc(agent.device + (f" @ {agent.node}" if agent.node else "")),  # a Ray node; "" = this machine
         "" if agent.pid is None else str(agent.pid),
         state_badge(agent.state),
         run_cell,

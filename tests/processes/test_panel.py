@@ -360,3 +360,14 @@ def test_a_program_sweep_from_the_panel(make_panel):
     wait_for(lambda: not p.start_button.disabled)
     p.start_button.click()
     assert p.error.value == "" and launched[0]["function"] is None and launched[0]["sweep_id"] == "abc123"
+
+
+def test_agent_rows_name_the_ray_node():
+    from sweep_magic.faces.panel_html import agent_row_html
+    from sweep_magic.snapshot import AgentSnapshot
+
+    here = AgentSnapshot(index=0, device="gpu 0", state="idle", pid=11, current_run=None, runs_done=0, restarts=0,
+                         exit_code=None, reason=None, log_path="", log_tail=())
+    there = dataclasses.replace(here, node="10.0.0.7")
+    assert "@" not in agent_row_html(here, None)
+    assert "gpu 0 @ 10.0.0.7" in agent_row_html(there, None)
