@@ -100,7 +100,7 @@ def test_ray_cluster_suite_in_a_private_network_namespace():
     if only_loopback():
         pytest.skip("already in a private network namespace: pytest collects tests/ray/cluster directly")
     if not ray_installed():
-        pytest.skip("ray is not installed (pip install 'sweep_magic[ray]')")
+        pytest.fail("ray is not installed: pip install -e '.[test]' (or 'sweep_magic[ray]'); the Ray tests must run, not skip")
     prefix = _unshare_prefix()
     assert prefix, "the Ray tests need `unshare -n` (root) or `unshare -rn` (user namespaces) and `ip`"
     ARTIFACTS.mkdir(exist_ok=True)

@@ -21,7 +21,7 @@ def cluster():
     if not only_loopback():
         pytest.fail("the Ray cluster tests must run in a private network namespace (tests/ray/test_ray.py does that)")
     if not ray_installed():
-        pytest.skip("ray is not installed (pip install 'sweep_magic[ray]')")
+        pytest.fail("ray is not installed: pip install -e '.[test]' (or 'sweep_magic[ray]'); the Ray tests must run, not skip")
     import ray
     from ray.cluster_utils import Cluster
 
