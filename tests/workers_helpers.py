@@ -135,3 +135,21 @@ def _alive(proc: psutil.Process) -> bool:
 def log_text(supervisor, i: int) -> str:
     path = supervisor.snapshot().agents[i].log_path
     return open(path, encoding="utf-8", errors="replace").read() if path and os.path.exists(path) else ""
+
+
+def stop_decisions(monkeypatch) -> dict:
+    """``{run id: time.monotonic()}`` of the moment this process's embedded server decided to
+    stop each run (hyperband): the stop command goes out in that very heartbeat reply."""
+    from sweep_magic.server import local_server
+
+    store = local_server().controller.store
+    decided: dict = {}
+    update_run = store.update_run
+
+    def spy(run_id, **fields):
+        if fields.get("should_stop"):
+            decided.setdefault(run_id, time.monotonic())
+        return update_run(run_id, **fields)
+
+    monkeypatch.setattr(store, "update_run", spy)
+    return decided

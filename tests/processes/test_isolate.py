@@ -13,7 +13,7 @@ import time
 
 import psutil
 import pytest
-from workers_helpers import wait_for
+from workers_helpers import stop_decisions, wait_for
 
 from sweep_magic import api, local_server, local_sweep
 from sweep_magic.worker import isolation
@@ -225,16 +225,7 @@ def test_hyperband_stop_kills_the_run_group_and_the_agent_goes_on(monkeypatch):
         "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2},
         "parameters": {"x": {"values": [1.0, 1.5, 100.0, 1.2]}, "steps": {"value": 30}, "step_sleep": {"value": 0.1}},
     }, project="hyperband-isolate")
-    store = local_server().controller.store
-    decided = {}  # run id → when the server decided to stop it (the stop goes out in that reply)
-    update_run = store.update_run
-
-    def spy(run_id, **fields):
-        if fields.get("should_stop"):
-            decided.setdefault(run_id, time.monotonic())
-        return update_run(run_id, **fields)
-
-    monkeypatch.setattr(store, "update_run", spy)
+    decided = stop_decisions(monkeypatch)  # run id → when the server decided to stop it
     session = api.launch(steps_with_a_helper, sweep_id, cpus=1, isolate="run")
     try:
         bad = wait_for(lambda: next((r for r in session.snapshot().runs if r.config.get("x") == 100.0), None), 120,

@@ -17,7 +17,7 @@ import time
 
 import pytest
 from server_helpers import VENV_BIN, agent_env, reap, start, wait_all, write_script
-from workers_helpers import wait_for
+from workers_helpers import stop_decisions, wait_for
 
 from sweep_magic import api, local_server, local_sweep
 from sweep_magic.worker import program
@@ -227,16 +227,7 @@ def test_hyperband_stop_reaches_the_programs_group(here, monkeypatch):
     write_script(here / "slow.py", SLOW_WHEN_BAD)
     sweep_id = _program_sweep("slow.py", [1.0, 1.5, 100.0], "prog-hyperband",
                               early_terminate={"type": "hyperband", "min_iter": 2, "eta": 2})
-    store = local_server().controller.store
-    decided = {}
-    update_run = store.update_run
-
-    def spy(run_id, **fields):
-        if fields.get("should_stop"):
-            decided.setdefault(run_id, time.monotonic())
-        return update_run(run_id, **fields)
-
-    monkeypatch.setattr(store, "update_run", spy)
+    decided = stop_decisions(monkeypatch)  # run id → when the server decided to stop it
     session = api.launch(None, sweep_id, cpus=1)
     try:
         bad = wait_for(lambda: next((r for r in session.snapshot().runs if r.config.get("x") == 100.0), None), 180,
