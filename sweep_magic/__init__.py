@@ -6,6 +6,7 @@ Public API (imported lazily so ``%load_ext sweep_magic`` stays cheap)::
     sweep_magic.local_sweep(config, project="p")  -> sweep id
     sweep_magic.launch(function, sweep_id, gpus=..., cpus=..., count=...)  -> SweepSession
     sweep_magic.sessions()            # this process's sessions, newest last
+    sweep_magic.ray_nodes()           # a Ray cluster's nodes: what launch(backend="ray", gpus={node: N}) names
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ _LAZY = {
     "local_sweep": ("sweep_magic.server", "local_sweep"),
     "launch": ("sweep_magic.api", "launch"),
     "sessions": ("sweep_magic.api", "sessions"),
+    "ray_nodes": ("sweep_magic.api", "ray_nodes"),
     "stop_all": ("sweep_magic.api", "stop_all"),
     "SweepSession": ("sweep_magic.api", "SweepSession"),
 }

@@ -79,7 +79,8 @@ def launch(
     ``backend="ray"`` (implied by ``ray_address``) runs the agents on a Ray cluster (see
     ``agents/ray.py`` and docs/ray.md): ``ray_address`` is what ``ray.init(address=...)``
     takes, None for this process's Ray or else ``"auto"``; ``gpus=N`` then counts GPUs
-    across the cluster (``"all"``: all of them) and ``agents_per_gpu=k`` shares each by k.
+    across the cluster (``"all"``: all of them), ``gpus={node: N, ...}`` asks for N GPUs on
+    each named node (see ``ray_nodes()``), and ``agents_per_gpu=k`` shares each by k.
     """
     if not valid_count(count):
         raise SweepMagicError(f"count must be a whole number ≥ 1 (runs per agent), got {count!r}")
@@ -102,6 +103,23 @@ def launch(
     target = targets.resolve(sweep_id.strip(), project, entity)
     _check_program(function, target, sweep_id)
     return _start(function_pickle, slots, target, count=count, nice=nice, isolate=isolate)
+
+
+def ray_nodes(ray_address: str | None = None) -> list:
+    """The Ray cluster's nodes as ``ClusterNode`` records (id, address, hostname, GPUs, free
+    GPUs, CPUs, alive), live ones first: what ``launch(backend="ray", gpus={node: N})`` can
+    name, and what the panel shows as checkboxes.  Connects as ``launch`` does."""
+    from sweep_magic.agents import ray as ray_agents
+
+    ray_agents.connect(ray_address)
+    return ray_agents.nodes()
+
+
+def ray_connected() -> bool:
+    """Whether this process already has a Ray cluster connected (never imports Ray)."""
+    from sweep_magic.agents import ray as ray_agents
+
+    return ray_agents.connected()
 
 
 def _check_program(function, target, sweep_id: str) -> None:

@@ -12,6 +12,7 @@ IPython expands ``{var}`` and ``$var`` in the line of line and cell magics alike
 from __future__ import annotations
 
 import ast
+import functools
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
@@ -38,6 +39,7 @@ Examples::
     %sweep_parallel entity/project/abc123 --function train --gpus free   # an existing function
     %sweep_parallel {sweep_id} -f train --ray --gpus 8 --agents-per-gpu 2  # 16 agents across a Ray cluster
     %sweep_parallel                                          # the panel, with a form
+    %sweep_parallel --ray                                    # the panel over a Ray cluster's nodes and GPUs
     %sweep_status                                            # every session of this kernel
     %sweep_stop s1                                           # stop one session (all without an id)
 """
@@ -52,7 +54,8 @@ class SweepMagics(Magics):
     @argument("sweep_id", nargs="?", help="the sweep: a local_sweep id, or a W&B sweep id / ENTITY/PROJECT/ID")
     @argument("--function", "-f", metavar="NAME", help="the function to run (default: the one the cell defines)")
     @argument("--config", metavar="VAR_OR_YAML", help="make a local sweep from a dict variable or a YAML file")
-    @argument("--gpus", metavar="LIST|all|free", help="GPUs for agents: 0,1 or all or free (idle ones); with --ray: how many")
+    @argument("--gpus", metavar="LIST|all|free",
+              help="GPUs for agents: 0,1 or all or free (idle ones); with --ray: how many, or NODE=N,NODE=N per node")
     @argument("--agents-per-gpu", type=_count, default=1, metavar="N", help="agents sharing each GPU (default 1)")
     @argument("--cpus", type=_count, metavar="N", help="run N agents on CPU cores")
     @argument("--count", type=_count, metavar="N", help="runs per agent (default: until the sweep is done)")
@@ -83,6 +86,9 @@ class SweepMagics(Magics):
         if cell is not None and not cell.strip():
             raise UsageError("%%sweep_parallel needs a cell that defines the function to run")
         _ray_address(args)
+        if cell is None and args.ray is not None and args.sweep_id is None and args.config is None \
+                and args.function is None:
+            return self._panel(ray_address=args.ray or None, ray=True)
         function = self._function(args, cell)
         if args.config is not None:
             _precheck(function, args)  # a bad function or placement must not leave a new sweep behind
@@ -163,7 +169,9 @@ class SweepMagics(Magics):
         except ValueError as err:  # a config the sweeps engine rejects
             raise UsageError(f"--config {args.config}: {err}") from None
 
-    def _panel(self) -> None:
+    def _panel(self, ray_address: str | None = None, ray: bool = False) -> None:
+        """The panel with a form: over this machine's devices, or over the Ray cluster's nodes
+        when ``--ray`` asked for it or this kernel already has Ray connected."""
         try:
             from sweep_magic.faces.panel import show_panel
 
@@ -177,8 +185,15 @@ class SweepMagics(Magics):
             )
         from sweep_magic.server import local_sweep
 
+        cluster = None
+        if ray or api.ray_connected():
+            try:
+                api.ray_nodes(ray_address)  # connect now: an unreachable cluster is one line here
+            except SweepMagicError as err:
+                raise UsageError(str(err)) from None
+            cluster = functools.partial(api.ray_nodes, ray_address)
         # It displays itself (returning it would show it twice); Start calls the public API.
-        show_panel(self.shell, launch=api.launch, local_sweep=local_sweep)
+        show_panel(self.shell, launch=api.launch, local_sweep=local_sweep, cluster=cluster, ray_address=ray_address)
 
     @magic_arguments()
     @argument("session", nargs="?", help="session id (s1), number or sweep id; default: every running session")

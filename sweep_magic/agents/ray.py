@@ -14,7 +14,10 @@
 Placement: ``gpus=N`` is a count across the cluster (``"all"``: every GPU it has, ``"free"``:
 those free now); each GPU is one placement-group bundle ``{"GPU": 1, "CPU": k}`` shared by
 ``agents_per_gpu=k`` agents holding ``1/k`` GPU each, so exactly N whole GPUs are taken and
-Ray sets each actor's ``CUDA_VISIBLE_DEVICES``.  ``cpus=N`` is N CPU agents of one CPU each.
+Ray sets each actor's ``CUDA_VISIBLE_DEVICES``.  ``gpus={node: N, ...}`` asks for N GPUs on each
+named node (the panel's per-node checkboxes): each bundle carries Ray's ``ray.io/node-id`` label
+selector, so Ray picks which of the node's GPUs, never which node.  ``cpus=N`` is N CPU agents
+of one CPU each.
 Every agent reserves ``CPUS_PER_AGENT`` CPUs and caps its thread pools to that.  A request
 the cluster can never meet fails at once; one it cannot meet now fails after
 ``PLACEMENT_TIMEOUT`` seconds; either way nothing is left behind.
@@ -37,6 +40,7 @@ import time
 from dataclasses import dataclass, field
 
 from sweep_magic.agents import local
+from sweep_magic.cluster import ClusterNode, find_node, node_labels
 from sweep_magic.devices import THREAD_CAP_VARS, AgentSlot
 from sweep_magic.errors import PlacementError, SweepMagicError, first_line
 
@@ -44,7 +48,8 @@ PLACEMENT_TIMEOUT = 15.0  # ≤ 20 s from launch to a PlacementError, connecting
 START_TIMEOUT = 30.0  # an actor not running by then has no room (a lost node's bundle)
 KILL_GRACE = 3.0  # SIGKILL through the actor, then ray.kill if it did not end
 CPUS_PER_AGENT = 1
-LOST_CODE = -int(signal.SIGKILL)  # what a dead actor's agent reports as its exit status
+LOST_CODE = -int(signal.SIGKILL)
+NODE_ID_LABEL = "ray.io/node-id"  # the label Ray gives every node (placement_group's bundle_label_selector)  # what a dead actor's agent reports as its exit status
 
 _classes: dict = {}
 _classes_lock = threading.Lock()
@@ -132,7 +137,7 @@ def _client_mode(ray) -> bool:
 
 def check_request(gpus=None, cpus=None, agents_per_gpu=1) -> tuple[str, object]:
     """The request's shape, checked without a cluster: ("gpu", N | "all" | "free"),
-    ("cpu", N) or ("auto", None)."""
+    ("nodes", {node: N}) for GPUs on named nodes, ("cpu", N) or ("auto", None)."""
     if isinstance(agents_per_gpu, bool) or not isinstance(agents_per_gpu, int) or agents_per_gpu < 1:
         raise PlacementError(f"agents_per_gpu must be a whole number ≥ 1, not {agents_per_gpu!r}")
     if gpus is not None and cpus is not None:
@@ -143,6 +148,10 @@ def check_request(gpus=None, cpus=None, agents_per_gpu=1) -> tuple[str, object]:
         return "cpu", cpus
     if gpus is None:
         return "auto", None
+    if isinstance(gpus, str) and "=" in gpus:
+        gpus = _per_node_words(gpus)
+    if isinstance(gpus, dict):
+        return "nodes", _per_node(gpus)
     if isinstance(gpus, str):
         word = gpus.strip().lower()
         if word in ("all", "free"):
@@ -151,9 +160,33 @@ def check_request(gpus=None, cpus=None, agents_per_gpu=1) -> tuple[str, object]:
             gpus = int(word)
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
         raise PlacementError(
-            f"with Ray, gpus= is how many GPUs of the cluster to use (a whole number, 'all' or 'free'), not {gpus!r}"
+            f"with Ray, gpus= is how many GPUs of the cluster to use (a whole number, 'all' or 'free'), "
+            f"or {{node: how many}}, not {gpus!r}"
         )
     return "gpu", gpus
+
+
+def _per_node_words(text: str) -> dict:
+    """``"NODE=2,NODE=1"`` (the magic's and the CLI's spelling of ``{node: 2, node: 1}``)."""
+    out: dict = {}
+    for part in (p.strip() for p in text.split(",")):
+        node, eq, count = part.rpartition("=")
+        if not eq or not node.strip() or not count.strip().isdigit():
+            raise PlacementError(f"--gpus with --ray: expected NODE=COUNT[,NODE=COUNT...], not {part!r}")
+        out[node.strip()] = out.get(node.strip(), 0) + int(count)
+    return out
+
+
+def _per_node(gpus: dict) -> dict[str, int]:
+    if not gpus:
+        raise PlacementError("gpus={}: name at least one node and how many of its GPUs to use")
+    for node, count in gpus.items():
+        if not isinstance(node, str) or not node.strip():
+            raise PlacementError(f"gpus={{node: how many}}: a node is named by a string (id, address, hostname), "
+                                 f"not {node!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise PlacementError(f"gpus={{{node!r}: {count!r}}}: how many GPUs of the node, a whole number ≥ 1")
+    return {node.strip(): count for node, count in gpus.items()}
 
 
 @dataclass
@@ -200,8 +233,15 @@ def place(*, gpus=None, cpus=None, agents_per_gpu=1, timeout: float | None = Non
     gpu_total, gpu_free = int(total.get("GPU", 0)), int(free.get("GPU", 0))
     if kind == "auto":
         kind, n = ("gpu", gpu_total) if gpu_total else ("cpu", 1)
-    k = agents_per_gpu if kind == "gpu" else 1
-    if kind == "gpu":
+    k = agents_per_gpu if kind != "cpu" else 1
+    selectors = None
+    if kind == "nodes":
+        on_node = _gpus_on_nodes(n)
+        n = len(on_node)
+        bundles = [{"GPU": 1, "CPU": k * CPUS_PER_AGENT} for _ in on_node]
+        # Ray's own label on every node: each bundle may only go to the node it was asked on.
+        selectors = [{NODE_ID_LABEL: node.node_id} for node in on_node]
+    elif kind == "gpu":
         if gpu_total == 0:
             raise PlacementError("the Ray cluster has no GPU; use cpus=N for CPU agents")
         n = {"all": gpu_total, "free": gpu_free}.get(n, n)
@@ -217,7 +257,7 @@ def place(*, gpus=None, cpus=None, agents_per_gpu=1, timeout: float | None = Non
     if agents * CPUS_PER_AGENT > cpu_total:
         raise PlacementError(f"{agents} agents need {agents * CPUS_PER_AGENT} CPUs; the Ray cluster has {cpu_total:g}")
     # SPREAD: agents on as many nodes as possible (memory headroom, and a lost node takes fewer).
-    pg = placement_group(bundles, strategy="SPREAD")
+    pg = placement_group(bundles, strategy="SPREAD", **({"bundle_label_selector": selectors} if selectors else {}))
     try:
         ready = pg.wait(timeout_seconds=timeout)
     except BaseException:
@@ -225,11 +265,17 @@ def place(*, gpus=None, cpus=None, agents_per_gpu=1, timeout: float | None = Non
         raise
     if not ready:
         remove_placement_group(pg)  # an unmet request would otherwise stay pending forever
+        if kind == "nodes":
+            asked = ", ".join(f"{node}: {count}" for node, count in _count_by_label(on_node).items())
+            have = ", ".join(f"{node}: {node.gpus_free if node.gpus_free is not None else '?'}"
+                             for node in dict.fromkeys(on_node))
+            raise PlacementError(f"the Ray cluster could not place {agents} agents within {timeout:g} s: GPUs asked "
+                                 f"per node {asked}; free then {have}")
         what = f"{n} GPU{'s' if n != 1 else ''}" if kind == "gpu" else f"{n} CPUs"
         have = f"{gpu_free} of {gpu_total} GPUs" if kind == "gpu" else f"{free.get('CPU', 0):g} of {cpu_total:g} CPUs"
         raise PlacementError(f"the Ray cluster could not place {agents} agents ({what}) within {timeout:g} s; "
                              f"{have} were free")
-    if kind == "gpu":
+    if kind != "cpu":
         # An even 1/k (to Ray's 4 decimals) so that k shares always fit in the bundle's GPU.
         share = math.floor(10000 / k) / 10000
         env = _threads(CPUS_PER_AGENT)  # CUDA_VISIBLE_DEVICES: Ray sets it per actor
@@ -240,6 +286,81 @@ def place(*, gpus=None, cpus=None, agents_per_gpu=1, timeout: float | None = Non
     env = {"CUDA_VISIBLE_DEVICES": "", **_threads(CPUS_PER_AGENT)}
     slots = [AgentSlot(index=i, kind="cpu", label="cpu", gpu_ids=(), cpus=None, env=dict(env)) for i in range(n)]
     return Placement(slots, list(range(n)), 0.0, pg)
+
+
+def _gpus_on_nodes(per_node: dict[str, int]) -> list[ClusterNode]:
+    """One entry per GPU asked for, each the node it must be on; a node named twice (by its
+    id and its address, say) counts once per mention."""
+    known = nodes()
+    out: list[ClusterNode] = []
+    for key, count in per_node.items():
+        node = find_node(key, known)
+        out += [node] * count
+    for node, count in _count_by_node(out).items():
+        if count > node.gpus:
+            has = f"has {node.gpus} GPU{'s' if node.gpus != 1 else ''}" if node.gpus else "has no GPU"
+            raise PlacementError(f"node {node.label}: {count} GPUs asked, it {has}")
+    return out
+
+
+def _count_by_node(on_node: list[ClusterNode]) -> dict[ClusterNode, int]:
+    counts: dict[ClusterNode, int] = {}
+    for node in on_node:
+        counts[node] = counts.get(node, 0) + 1
+    return counts
+
+
+def _count_by_label(on_node: list[ClusterNode]) -> dict[str, int]:
+    return {node.label: count for node, count in _count_by_node(on_node).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The cluster's nodes
+
+
+def connected() -> bool:
+    """Whether this process already has Ray initialised (never imports Ray to find out)."""
+    ray = sys.modules.get("ray")
+    try:
+        return bool(ray is not None and ray.is_initialized())
+    except Exception:  # noqa: BLE001 - a half-imported or broken Ray: not connected
+        return False
+
+
+def nodes() -> list[ClusterNode]:
+    """The connected cluster's nodes, live ones first (head first among them), as Ray
+    accounts for them.  Per-node free figures come from a private Ray name; when a Ray
+    release moves it they read as unknown (``gpus_free=None``), never as free."""
+    ray = _ray()
+    listed = ray.nodes()
+    free = _free_per_node()
+    labels = node_labels([(n["NodeID"], n.get("NodeManagerAddress", "?")) for n in listed if n.get("Alive")])
+    out = []
+    for n in listed:
+        node_id, resources = n["NodeID"], n.get("Resources") or {}
+        alive = bool(n.get("Alive"))
+        left = free.get(node_id) if free is not None else None
+        out.append(ClusterNode(
+            node_id=node_id,
+            address=n.get("NodeManagerAddress", "?"),
+            hostname=n.get("NodeManagerHostname", ""),
+            gpus=int(resources.get("GPU", 0)),
+            gpus_free=(int(left.get("GPU", 0)) if left is not None else None) if alive else 0,
+            cpus=float(resources.get("CPU", 0)),
+            alive=alive,
+            head="node:__internal_head__" in resources,
+            label=labels.get(node_id) or f"{n.get('NodeManagerAddress', '?')}/{node_id[:6]}",
+        ))
+    return sorted(out, key=lambda node: (not node.alive, not node.head, node.label))
+
+
+def _free_per_node() -> dict | None:
+    try:
+        from ray._private import state
+
+        return state.available_resources_per_node()
+    except Exception:  # noqa: BLE001 - a private Ray name: unknown, never "free"
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,11 +414,11 @@ class RayBackend:
         with self._lock:
             if node_id not in self._nodes:
                 try:
-                    alive = [n for n in _ray().nodes() if n.get("Alive")]
-                    same_ip = [n for n in alive if n.get("NodeManagerAddress") == ip]
+                    alive = {n["NodeID"]: n.get("NodeManagerAddress") for n in _ray().nodes() if n.get("Alive")}
                 except Exception:  # noqa: BLE001 - no node list: no same-address check
-                    same_ip = []
-                self._nodes[node_id] = f"{ip}/{node_id[:6]}" if len(same_ip) > 1 else ip
+                    alive = {}
+                alive.setdefault(node_id, ip)
+                self._nodes[node_id] = node_labels(list(alive.items()))[node_id]
             return self._nodes[node_id]
 
     def close(self) -> None:

@@ -50,18 +50,22 @@ def panel_for(session, **kwargs) -> SessionPanel:
         return panel
 
 
-def show_panel(shell=None, *, launch, local_sweep, **defaults) -> SessionPanel:
+def show_panel(shell=None, *, launch, local_sweep, cluster=None, ray_address=None, **defaults) -> SessionPanel:
     """``%sweep_parallel`` with nothing said: display a panel whose form asks for the rest.
 
     ``defaults`` pre-fill the form: ``sweep_id``, ``function`` (a name or the callable),
     ``gpus`` (indices to tick), ``agents_per_gpu``, ``cpus`` (agents), ``count``,
     ``project``.  ``launch`` and ``local_sweep`` are what Start calls (``sweep_magic.launch``
     and ``sweep_magic.local_sweep``): given, so that this face never imports the core.
+    ``cluster`` (a callable returning a Ray cluster's ``ClusterNode`` records, such as
+    ``lambda: sweep_magic.ray_nodes(address)``) turns the devices part into the cluster's
+    nodes with a checkbox per GPU, and Start launches on Ray (at ``ray_address``).
     Displays the panel and returns it: keep the handle, do not display it again.
     """
     from IPython.display import display
 
-    panel = SessionPanel(None, shell=shell, form=True, launch=launch, local_sweep=local_sweep, **defaults)
+    panel = SessionPanel(None, shell=shell, form=True, launch=launch, local_sweep=local_sweep, cluster=cluster,
+                         ray_address=ray_address, **defaults)
     display(panel)
     return panel
 
@@ -82,6 +86,8 @@ class SessionPanel:
         interval: float = 0.2,
         gpu_poll: float = 3.0,
         start: bool = True,
+        cluster=None,
+        ray_address: str | None = None,
         **defaults,
     ):
         try:
@@ -99,6 +105,7 @@ class SessionPanel:
         self._inventory = inventory if callable(inventory) or inventory is None else (lambda inv=list(inventory): inv)
         self._launch = launch
         self._local_sweep = local_sweep
+        self._cluster = cluster
         self.shell = shell if shell is not None else _current_shell()
         self.max_rate, self.interval, self.gpu_poll = max_rate, interval, gpu_poll
         self.session = None
@@ -137,7 +144,11 @@ class SessionPanel:
         if form or (form is None and session is None):
             from sweep_magic.faces.panel_form import PanelForm
 
-            self.form = PanelForm(self._read_inventory(), shell=self.shell, defaults=defaults)
+            if cluster is not None:
+                self.form = PanelForm([], shell=self.shell, defaults=defaults, cluster=self._read_cluster(),
+                                      ray_address=ray_address, count=c)
+            else:
+                self.form = PanelForm(self._read_inventory(), shell=self.shell, defaults=defaults, count=c)
             for w in [*self.form.input_widgets(), *self.form.gpu_labels]:
                 c(w)
             self._last_gpu_poll = time.monotonic()
@@ -228,7 +239,7 @@ class SessionPanel:
         # session has ended and its last state has been sent (a click wakes it again).
         if self.closed:
             return False
-        if self.form is not None and self.form.gpus:
+        if self.form is not None and self.form.polls:
             return True
         session = self.session
         return session is not None and not _snapshot(session).done
@@ -332,6 +343,13 @@ class SessionPanel:
             self._error = f"GPU inventory failed: {type(err).__name__}: {err}"
             return []
 
+    def _read_cluster(self) -> list:
+        try:
+            return list(self._cluster())
+        except Exception as err:  # noqa: BLE001 - shown in the panel; the last known nodes stay
+            self._error = f"the Ray cluster could not be read: {type(err).__name__}: {err}"
+            return [row.node for row in self.form.node_rows] if self.form is not None else []
+
     # ------------------------------------------------------------ rendering (refresher thread)
 
     def _render(self) -> dict:
@@ -357,9 +375,12 @@ class SessionPanel:
                 self._tables = (key, results_html(snap), chart_svg(snap))
             desired[self.results] = (1, {"value": self._tables[1]})
             desired[self.chart] = (2, {"value": self._tables[2]})
-        if self.form is not None and self.form.gpus and time.monotonic() - self._last_gpu_poll >= self.gpu_poll:
+        if self.form is not None and self.form.polls and time.monotonic() - self._last_gpu_poll >= self.gpu_poll:
             self._last_gpu_poll = time.monotonic()
-            self._gpu_desired = self.form.update_gpus(self._read_inventory())
+            if self.form.ray:
+                self._gpu_desired = self.form.update_nodes(self._read_cluster())
+            else:
+                self._gpu_desired = self.form.update_gpus(self._read_inventory())
         if self.form is not None:
             # Kept between polls so figures the budget postponed still go out next pass.
             for w, traits in {**self._gpu_desired, **self.form.desired()}.items():

@@ -7,6 +7,7 @@ records ``devices.gpu_inventory()`` returns (it never calls NVML).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import types
 
@@ -14,7 +15,7 @@ import ipywidgets as W
 
 from sweep_magic.devices import available_cores, current_user
 from sweep_magic.errors import SweepMagicError
-from sweep_magic.faces.panel_html import gpu_html
+from sweep_magic.faces.panel_html import cluster_html, gpu_html, node_html
 
 # Names IPython puts in the user namespace that are not the user's functions.
 _IPYTHON_NAMES = frozenset({"exit", "quit", "get_ipython", "open", "display", "In", "Out"})
@@ -62,12 +63,21 @@ PROGRAM = "(the sweep's program)"  # no function: each run executes the sweep's 
 
 
 class PanelForm:
-    """Widgets for the launch settings; ``launch_kwargs()`` reads them back."""
+    """Widgets for the launch settings; ``launch_kwargs()`` reads them back.
 
-    def __init__(self, inventory: list, shell=None, defaults: dict | None = None):
+    With ``cluster`` (a Ray cluster's ``ClusterNode`` records) the devices part shows each
+    node with one checkbox per GPU, and Start launches on Ray; else this machine's GPUs
+    (``inventory``, NVML records) or its CPU cores.  ``count`` wraps every widget made
+    (the panel counts their messages)."""
+
+    def __init__(self, inventory: list, shell=None, defaults: dict | None = None, *, cluster: list | None = None,
+                 ray_address: str | None = None, count=lambda w: w):
         d = dict(defaults or {})
         self.shell = shell
-        self.gpus = list(inventory)
+        self._made = count
+        self.ray = cluster is not None
+        self.ray_address = ray_address
+        self.gpus = [] if self.ray else list(inventory)
         self.me = current_user()  # my own processes on a GPU do not make it busy
         self.sweep = W.Text(
             value=str(d.get("sweep_id") or d.get("sweep") or ""),
@@ -102,6 +112,14 @@ class PanelForm:
             self.gpu_boxes.append(box)
             self.gpu_labels.append(W.HTML(gpu_html(gpu, self.me)))
         self.agents_per_gpu = _int_box("agents per GPU", int(d.get("agents_per_gpu") or 1), 1, 64)
+        # Ray: one row per node, a checkbox per GPU; the ticks on a node say how many of its GPUs.
+        self.node_rows: list[_NodeRow] = []
+        self.nodes_box = W.VBox([])
+        self.cluster_note = W.HTML("")
+        if self.ray:
+            for widget, traits in self.update_nodes(cluster, wanted=wanted if isinstance(wanted, dict) else None).items():
+                for name, value in traits.items():
+                    setattr(widget, name, value)
         cpus = d.get("cpus")
         self.n_cores = len(available_cores())
         self.cpu_agents = _int_box("CPU agents", int(cpus) if isinstance(cpus, int) else min(2, self.n_cores), 1, 256, "10em")
@@ -112,7 +130,36 @@ class PanelForm:
 
     @property
     def cpu_mode(self) -> bool:
+        if self.ray:
+            return not any(row.node.gpus for row in self.node_rows)
         return not self.gpus
+
+    @property
+    def polls(self) -> bool:
+        """Whether the devices part has figures to keep fresh (GPUs, or a Ray cluster's nodes)."""
+        return self.ray or bool(self.gpus)
+
+    def update_nodes(self, cluster: list, wanted: dict | None = None) -> dict:
+        """Take a fresh read of the Ray cluster: new nodes get rows (ticked as their free GPUs),
+        a node that is gone keeps its row, unticked and disabled.  Returns the desired traits
+        for the refresher."""
+        rows = {row.node.node_id: row for row in self.node_rows}
+        desired: dict = {}
+        for node in cluster:
+            row = rows.get(node.node_id)
+            if row is None:
+                if not node.alive:
+                    continue  # a node that died before the panel saw it is no choice
+                row = _NodeRow(node, self._made, _wanted_count(node, wanted))
+                self.node_rows.append(row)
+                rows[node.node_id] = row
+            desired.update(row.update(node))
+        for node_id in set(rows) - {node.node_id for node in cluster}:  # no longer listed at all
+            gone = rows[node_id]
+            desired.update(gone.update(dataclasses.replace(gone.node, alive=False, gpus_free=0)))
+        desired[self.nodes_box] = {"children": tuple(row.box for row in self.node_rows)}
+        desired[self.cluster_note] = {"value": cluster_html([row.node for row in self.node_rows])}
+        return desired
 
     def refresh_functions(self) -> None:
         """Re-read the user's namespace (after each cell) so new functions appear."""
@@ -129,8 +176,9 @@ class PanelForm:
                 break
 
     def input_widgets(self) -> list:
+        node_widgets = [w for row in self.node_rows for w in (row.label, *row.boxes)]
         return [self.sweep, self.project, self.function, self.count, self.fresh_process, self.agents_per_gpu,
-                self.cpu_agents, self.cores_each, *self.gpu_boxes]
+                self.cpu_agents, self.cores_each, *self.gpu_boxes, self.nodes_box, self.cluster_note, *node_widgets]
 
     def desired(self) -> dict:
         """Display-only parts of the form that follow its inputs (the refresher sends them)."""
@@ -139,7 +187,10 @@ class PanelForm:
     def widget(self) -> W.Widget:
         what = W.HBox([self.sweep, self.project])
         how = W.HBox([self.function, self.count, self.fresh_process])
-        if self.cpu_mode:
+        if self.ray:
+            where = W.VBox([self.cluster_note, self.nodes_box,
+                            W.HBox([self.cpu_agents]) if self.cpu_mode else self.agents_per_gpu])
+        elif self.cpu_mode:
             where = W.VBox([
                 W.HTML("<b>devices</b> — no GPU visible: agents on CPU cores"),
                 W.HBox([self.cpu_agents, self.cores_each]),
@@ -184,12 +235,23 @@ class PanelForm:
         return local_sweep(config, **kwargs)
 
     def placement(self) -> dict:
+        if self.ray:
+            return self._ray_placement()
         if self.cpu_mode:
             return {"cpus": self.cpu_agents.value}
         gpus = [gpu.index for gpu, box in zip(self.gpus, self.gpu_boxes) if box.value]
         if not gpus:
             raise SweepMagicError("Tick at least one GPU.")
         return {"gpus": gpus, "agents_per_gpu": self.agents_per_gpu.value}
+
+    def _ray_placement(self) -> dict:
+        where = {"backend": "ray", **({"ray_address": self.ray_address} if self.ray_address else {})}
+        if self.cpu_mode:
+            return {"cpus": self.cpu_agents.value, **where}
+        per_node = {row.node.node_id: row.ticked() for row in self.node_rows if row.node.alive and row.ticked()}
+        if not per_node:
+            raise SweepMagicError("Tick at least one GPU of a live node.")
+        return {"gpus": per_node, "agents_per_gpu": self.agents_per_gpu.value, **where}
 
     def launch_kwargs(self, local_sweep) -> dict:
         """Everything Start passes to ``launch`` — function first so its error shows first."""
@@ -202,6 +264,41 @@ class PanelForm:
         if self.project.value.strip():
             kwargs["project"] = self.project.value.strip()
         return kwargs
+
+
+class _NodeRow:
+    """One Ray node: its figures and a checkbox per GPU.  Ray picks which of the node's GPUs an
+    agent gets (its accounting sets ``CUDA_VISIBLE_DEVICES``), so the ticks count: two ticked
+    boxes on a node are two GPUs there."""
+
+    def __init__(self, node, made, ticked: int):
+        self.node = node
+        self.label = made(W.HTML(node_html(node)))
+        self.boxes = [made(W.Checkbox(value=i < ticked, description=f"GPU {i}", indent=False,
+                                      tooltip="one of this node's GPUs (Ray picks which)", layout=W.Layout(width="6em")))
+                      for i in range(node.gpus)]
+        self.box = W.VBox([self.label, W.HBox(self.boxes)] if self.boxes else [self.label])
+
+    def ticked(self) -> int:
+        return sum(1 for box in self.boxes if box.value)
+
+    def update(self, node) -> dict:
+        self.node = node
+        out = {self.label: {"value": node_html(node)}}
+        if not node.alive:  # gone: its boxes can no longer be chosen
+            out.update({box: {"value": False, "disabled": True} for box in self.boxes})
+        return out
+
+
+def _wanted_count(node, wanted: dict | None) -> int:
+    """How many of a new node's boxes start ticked: what the caller asked for it (by id, label,
+    address or hostname), else its free GPUs (all of them when Ray's free figure is unknown)."""
+    if wanted:
+        for key, count in wanted.items():
+            if key in (node.node_id, node.label, node.address, node.hostname):
+                return int(count)
+        return 0
+    return node.gpus if node.gpus_free is None else node.gpus_free
 
 
 def cores_each_html(agents: int, n_cores: int) -> str:

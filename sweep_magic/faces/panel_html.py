@@ -239,3 +239,25 @@ def gpu_html(gpu, me: str | None = None) -> str:
     others = f' · <span style="color:{colour}">{"; ".join(procs)}</span>' if procs else ""
     flag = ' <span style="color:#cb2431">(busy)</span>' if busy else ""
     return f'<span style="font-size:12px">{text}{others}{flag}</span>'
+
+
+def node_html(node) -> str:
+    """One Ray node beside its GPU checkboxes: its label, host, GPUs (free, by Ray's
+    accounting) and CPUs; a node that is gone says so in red."""
+    free = "" if node.gpus_free is None or not node.gpus else f", {node.gpus_free} free"
+    gpus = f"{node.gpus} GPU{'s' if node.gpus != 1 else ''}{free}" if node.gpus else "no GPU"
+    host = f" · {esc(node.hostname)}" if node.hostname and node.hostname != node.address else ""
+    head = " · head" if node.head else ""
+    gone = ' <span style="color:#cb2431">(gone)</span>' if not node.alive else ""
+    return (f'<span style="font-size:12px"><b>node {esc(node.label)}</b>{host}{head} · {gpus} · '
+            f'{node.cpus:g} CPUs{gone}</span>')
+
+
+def cluster_html(nodes: list) -> str:
+    """The line above a Ray cluster's nodes: what it has, and what a tick means."""
+    live = [n for n in nodes if n.alive]
+    gpus = sum(n.gpus for n in live)
+    what = f"{len(live)} live node{'s' if len(live) != 1 else ''}, {gpus} GPU{'s' if gpus != 1 else ''}"
+    how = ("tick GPUs per node; Ray picks which of a node's GPUs each agent gets" if gpus
+           else "no GPU: CPU agents, one CPU each")
+    return f'<b>devices</b> — Ray cluster: {what} <span style="font-size:12px;color:#586069">({how})</span>'

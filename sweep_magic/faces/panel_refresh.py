@@ -75,11 +75,14 @@ def count_messages(widget, stats: PanelStats) -> None:
     tests without a kernel see the same figure a live notebook would.
     """
     original = widget._send
+    if getattr(original, "counted_by", None) is stats:
+        return  # counted already (a form widget the panel also lists): once per message
 
     def _send(msg, buffers=None):
         stats.record()
         return original(msg, buffers=buffers)
 
+    _send.counted_by = stats
     widget._send = _send
 
 

@@ -371,3 +371,99 @@ def test_agent_rows_name_the_ray_node():
     there = dataclasses.replace(here, node="10.0.0.7")
     assert "@" not in agent_row_html(here, None)
     assert "gpu 0 @ 10.0.0.7" in agent_row_html(there, None)
+
+
+# --- the Ray view: a cluster's nodes, a checkbox per GPU --------------------------------------
+
+def _node(node_id, gpus, free, alive=True, head=False, address="10.0.0.1"):
+    from sweep_magic.cluster import ClusterNode
+
+    return ClusterNode(node_id=node_id, address=address, hostname=f"host-{node_id[:2]}", gpus=gpus, gpus_free=free,
+                       cpus=8.0, alive=alive, head=head, label=f"{address}/{node_id[:6]}")
+
+
+class Cluster:
+    """What ``sweep_magic.ray_nodes`` returns, changeable by the test (nodes die, join)."""
+
+    def __init__(self, nodes):
+        self.nodes = list(nodes)
+
+    def __call__(self):
+        return list(self.nodes)
+
+
+def test_the_ray_view_shows_each_node_with_a_checkbox_per_gpu_and_starts_on_ray(make_panel):
+    cluster = Cluster([_node("aaaa00", 0, 0, head=True), _node("bbbb11", 2, 1), _node("cccc22", 4, None)])
+    launched = []
+    p = make_panel(form=True, cluster=cluster, ray_address="10.0.0.1:6379",
+                   launch=lambda **kw: launched.append(kw) or FakeSession(agents=4))
+    rows = p.form.node_rows
+    assert [len(r.boxes) for r in rows] == [0, 2, 4]
+    # Free GPUs start ticked; where Ray's free figure is unknown, all of the node's.
+    assert [[b.value for b in r.boxes] for r in rows] == [[], [True, False], [True] * 4]
+    assert "Ray cluster: 3 live nodes, 6 GPUs" in p.form.cluster_note.value
+    assert "node 10.0.0.1/bbbb11" in rows[1].label.value and "2 GPUs, 1 free" in rows[1].label.value
+    assert "head" in rows[0].label.value and "no GPU" in rows[0].label.value
+    assert p.form.nodes_box.children == tuple(r.box for r in rows)
+    rows[2].boxes[3].value = False
+    p.form.sweep.value = "abc123"
+    p.form.agents_per_gpu.value = 2
+    p.start()
+    kwargs = launched[0]
+    assert kwargs["backend"] == "ray" and kwargs["ray_address"] == "10.0.0.1:6379"
+    assert kwargs["gpus"] == {"bbbb11": 1, "cccc22": 3} and kwargs["agents_per_gpu"] == 2
+
+
+def test_the_ray_view_follows_nodes_that_die_and_join(make_panel):
+    cluster = Cluster([_node("bbbb11", 2, 2), _node("cccc22", 2, 2)])
+    launched = []
+    p = make_panel(form=True, cluster=cluster, gpu_poll=0.05,
+                   launch=lambda **kw: launched.append(kw) or FakeSession(agents=2))
+    cluster.nodes = [_node("bbbb11", 2, 2), _node("cccc22", 2, 0, alive=False), _node("dddd33", 1, 1)]
+    wait_for(lambda: len(p.form.nodes_box.children) == 3, what="the new node's row")
+    gone = p.form.node_rows[1]
+    wait_for(lambda: "(gone)" in gone.label.value, what="the dead node marked gone")
+    wait_for(lambda: all(b.disabled and not b.value for b in gone.boxes), what="its boxes off")
+    assert p.form.node_rows[2].boxes[0].value is True  # a joining node's free GPU: ticked
+    wait_for(lambda: "2 live nodes, 3 GPUs" in p.form.cluster_note.value, what="the cluster line")
+    p.form.sweep.value = "abc123"
+    p.start()
+    assert launched[0]["gpus"] == {"bbbb11": 2, "dddd33": 1}
+    # A node no longer listed at all (Ray forgot it) reads as gone too.
+    p.stop(wait=True)
+    cluster.nodes = [_node("dddd33", 1, 1)]
+    first = p.form.node_rows[0]
+    wait_for(lambda: "(gone)" in first.label.value and not any(b.value for b in first.boxes), what="forgotten node")
+    wait_for(lambda: not p.start_button.disabled, what="Start on again")
+    p.start()
+    assert launched[1]["gpus"] == {"dddd33": 1}
+
+
+def test_the_ray_view_refuses_no_ticks_and_offers_cpu_agents_without_gpus(make_panel):
+    launched = []
+    p = make_panel(form=True, cluster=Cluster([_node("bbbb11", 2, 0)]),
+                   launch=lambda **kw: launched.append(kw) or FakeSession())
+    p.form.sweep.value = "abc123"
+    with pytest.raises(SweepMagicError, match="Tick at least one GPU of a live node"):
+        p.start()
+    cpu_only = make_panel(form=True, cluster=Cluster([_node("aaaa00", 0, 0, head=True), _node("bbbb11", 0, 0)]),
+                          launch=lambda **kw: launched.append(kw) or FakeSession())
+    assert cpu_only.form.cpu_mode and "CPU agents, one CPU each" in cpu_only.form.cluster_note.value
+    cpu_only.form.sweep.value = "abc123"
+    cpu_only.form.cpu_agents.value = 3
+    cpu_only.start()
+    assert launched == [{"function": launched[0]["function"], "sweep_id": "abc123", "count": None, "cpus": 3,
+                         "backend": "ray"}]
+
+
+def test_an_unreadable_cluster_is_shown_and_the_known_nodes_stay(make_panel):
+    cluster = Cluster([_node("bbbb11", 2, 2)])
+    p = make_panel(form=True, cluster=cluster, gpu_poll=0.05)
+
+    def broken():
+        raise ConnectionError("GCS unreachable")
+
+    p._cluster = broken
+    wait_for(lambda: "could not be read" in p.error.value and "GCS unreachable" in p.error.value,
+             what="the error shown")
+    assert len(p.form.node_rows) == 1 and "(gone)" not in p.form.node_rows[0].label.value

@@ -24,6 +24,9 @@ from sweep_magic.errors import PlacementError, SweepMagicError
     (dict(gpus=" Free "), ("gpu", "free")),
     (dict(cpus=3), ("cpu", 3)),
     (dict(), ("auto", None)),
+    (dict(gpus={"10.0.0.2": 2, " abcd ": 1}), ("nodes", {"10.0.0.2": 2, "abcd": 1})),
+    (dict(gpus="10.0.0.2=2, abcd=1,abcd=1"), ("nodes", {"10.0.0.2": 2, "abcd": 2})),
+    (dict(gpus="10.0.0.2:6379/ab=1"), ("nodes", {"10.0.0.2:6379/ab": 1})),
 ])
 def test_request_shapes(kwargs, shape):
     assert check_request(**kwargs) == shape
@@ -37,10 +40,56 @@ def test_request_shapes(kwargs, shape):
     (dict(gpus=2, cpus=2), "either gpus= or cpus="),
     (dict(cpus=0), "cpus must be a whole number"),
     (dict(gpus=2, agents_per_gpu=0), "agents_per_gpu must be"),
+    (dict(gpus={}), "name at least one node"),
+    (dict(gpus={"a": 0}), "how many GPUs of the node, a whole number ≥ 1"),
+    (dict(gpus={"a": 1.5}), "how many GPUs of the node"),
+    (dict(gpus={3: 1}), "a node is named by a string"),
+    (dict(gpus="a=1,b"), "expected NODE=COUNT[,NODE=COUNT...], not 'b'"),
+    (dict(gpus="a=x"), "expected NODE=COUNT"),
+    (dict(gpus="=2"), "expected NODE=COUNT"),
 ])
 def test_bad_requests_are_one_line(kwargs, message):
     with pytest.raises(PlacementError) as err:
         check_request(**kwargs)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def _nodes():
+    from sweep_magic.cluster import ClusterNode, node_labels
+
+    listed = [("aaaa1111", "10.0.0.1", "gpu-a"), ("aaaa2222", "10.0.0.2", "gpu-b"), ("bbbb3333", "10.0.0.2", "gpu-b2"),
+              ("cccc4444", "10.0.0.3", "gpu-c")]
+    labels = node_labels([(i, a) for i, a, _ in listed[:3]])  # the fourth is dead: not labelled with the live
+    return [ClusterNode(node_id=i, address=a, hostname=h, gpus=2, gpus_free=2, cpus=4.0, alive=i != "cccc4444",
+                        head=False, label=labels.get(i, f"{a}/{i[:6]}")) for i, a, h in listed]
+
+
+def test_node_labels_add_a_short_id_only_where_an_address_is_shared():
+    assert [n.label for n in _nodes()][:3] == ["10.0.0.1", "10.0.0.2/aaaa22", "10.0.0.2/bbbb33"]
+
+
+@pytest.mark.parametrize("key, node_id", [
+    ("aaaa1111", "aaaa1111"), ("aaaa2", "aaaa2222"), ("10.0.0.1", "aaaa1111"), ("gpu-b2", "bbbb3333"),
+    ("10.0.0.2/bbbb33", "bbbb3333"), (" bbbb ", "bbbb3333"),
+])
+def test_a_node_is_found_by_id_prefix_address_hostname_or_label(key, node_id):
+    from sweep_magic.cluster import find_node
+
+    assert find_node(key, _nodes()).node_id == node_id
+
+
+@pytest.mark.parametrize("key, message", [
+    ("aaaa", "'aaaa' names 2 nodes of the Ray cluster (10.0.0.1, 10.0.0.2/aaaa22)"),
+    ("10.0.0.2", "'10.0.0.2' names 2 nodes"),
+    ("aaa", "no live node of the Ray cluster is 'aaa' (live nodes: 10.0.0.1, 10.0.0.2/aaaa22, 10.0.0.2/bbbb33)"),
+    ("cccc4444", "no live node of the Ray cluster is 'cccc4444'"),  # dead
+    ("", "an empty node name"),
+])
+def test_a_node_name_that_names_none_or_several_is_one_line(key, message):
+    from sweep_magic.cluster import find_node
+
+    with pytest.raises(PlacementError) as err:
+        find_node(key, _nodes())
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -151,3 +200,13 @@ def test_the_text_face_names_the_node():
     assert text.agent_label(AgentSnapshot(index=1, device="gpu 0", state="idle", node="10.0.0.5")) == \
         "[agent 1 · gpu 0 @ 10.0.0.5]"
     assert text.agent_label(AgentSnapshot(index=1, device="gpu 0", state="idle")) == "[agent 1 · gpu 0]"
+
+
+def test_the_magics_ray_option_alone_opens_the_panel_over_the_cluster(launched):
+    from IPython.core.error import UsageError
+    from shells import magic_shell
+
+    with magic_shell() as shell:  # no widget frontend here: the panel's own refusal shows the route
+        with pytest.raises(UsageError, match="the panel needs a notebook with ipywidgets"):
+            shell.run_line_magic("sweep_parallel", "--ray 10.0.0.5:6379")
+    assert launched == []  # no launch: the panel asks for the rest

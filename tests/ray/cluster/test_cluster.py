@@ -144,6 +144,54 @@ def test_a_request_the_cluster_cannot_meet_is_one_line_and_leaves_nothing(cluste
     assert wait_for(lambda: ray.available_resources().get("GPU") == 4, 5)  # the release is asynchronous
 
 
+def test_the_panel_over_the_cluster_places_agents_on_the_ticked_node(cluster, keys, tmp_path, monkeypatch):
+    """``%sweep_parallel --ray ADDRESS``: the panel lists the cluster's nodes with a checkbox per
+    GPU (Ray's figures), and Start puts the agents on the node whose boxes are ticked."""
+    from panel_fakes import real_shell
+
+    from sweep_magic import magic
+    from sweep_magic.faces import kernel
+
+    nodes = sweep_magic.ray_nodes()
+    assert [(n.head, n.gpus, n.gpus_free, n.alive) for n in nodes] == [(True, 0, 0, True)] + [(False, 2, 2, True)] * 2
+    assert len({n.label for n in nodes}) == 3 and all(n.label.startswith("127.0.0.1/") for n in nodes)
+    shown = []
+    monkeypatch.setattr(kernel, "widgets_available", lambda shell: True)
+    monkeypatch.setattr("IPython.display.display", lambda panel: shown.append(panel))
+    shell = real_shell()
+    shell.user_ns["trial"] = trial
+    magic.register(shell)
+    shell.run_line_magic("sweep_parallel", f"--ray {cluster.address}")
+    (panel,) = shown
+    try:
+        rows = panel.form.node_rows
+        assert [len(r.boxes) for r in rows] == [0, 2, 2] and all(b.value for r in rows for b in r.boxes)
+        chosen = rows[2].node
+        for box in rows[1].boxes:
+            box.value = False
+        out = tmp_path / "where.jsonl"
+        panel.form.sweep.value = _grid(4, out=str(out), seconds=0.3)
+        panel.form.function.value = "trial"
+        session = panel.start()
+        keys.append(sweep_magic.local_server().api_key)
+        assert session.wait(90), session.agents()
+    finally:
+        panel.close()
+    assert panel.error.value == ""
+    assert [r["state"] for r in session.results()] == ["finished"] * 4
+    agents = session.agents()
+    assert len(agents) == 2 and {a.node for a in agents} == {chosen.label}, agents
+    rows = _rows(out)
+    assert len({r["node"] for r in rows}) == 1 and sorted({r["cvd"] for r in rows}) == ["0", "1"], rows
+    wait_for(lambda: not live_actors() and not live_placement_groups(), 5)
+    # Named nodes the cluster cannot give: one line, at once, nothing left.
+    with pytest.raises(PlacementError, match=f"node {chosen.label}: 3 GPUs asked, it has 2 GPUs"):
+        sweep_magic.launch(trial, panel.form.sweep.value, backend="ray", gpus={chosen.node_id[:8]: 3})
+    with pytest.raises(PlacementError, match="no live node of the Ray cluster is 'nosuch'"):
+        sweep_magic.launch(trial, panel.form.sweep.value, backend="ray", gpus="nosuch=1")
+    assert not live_actors() and not live_placement_groups()
+
+
 def test_cpu_agents_hide_gpus_cap_threads_use_a_local_module_and_stop_cleanly(cluster, keys, tmp_path):
     # A notebook's own module: gone from disk once launched, so only by-value shipping works.
     folder = tmp_path / "notebook"
