@@ -37,6 +37,7 @@ class RunSnapshot:
     dir: str | None = None  # offline run folder
     url: str | None = None
     pid: int | None = None  # the run's own process (isolate="run", program sweeps); else None
+    node: str = ""  # the Ray node it ran on (its label); "" for this machine
 
     @property
     def duration(self) -> float | None:
@@ -65,6 +66,7 @@ class RunSnapshot:
             "error": self.error,
             "dir": self.dir,
             "pid": self.pid,
+            "node": self.node,
         }
 
 

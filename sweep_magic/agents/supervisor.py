@@ -335,6 +335,7 @@ class Supervisor:
                     run_id=event.run_id, agent=agent.index, name=event.name, config=dict(event.config),
                     state="running", step=None, metrics={}, summary={}, started_at=event.t,
                     ended_at=None, error=None, dir=event.dir, url=event.url, pid=event.pid,
+                    node=getattr(agent.proc, "node", "") or "",  # a restarted agent may be elsewhere
                 )  # fmt: skip
                 agent.current_run = event.run_id
                 if agent.state != "draining":

@@ -98,6 +98,7 @@ def test_four_gpu_agents_on_four_node_gpu_pairs_finish_a_grid(cluster, keys, tmp
     assert sorted(r["config"]["x"] for r in results) == list(range(8))
     assert [r["state"] for r in results] == ["finished"] * 8, [r["error"] for r in results]
     assert len({r["run_id"] for r in results}) == 8
+    assert len({r["node"] for r in results}) == 2 and all(r["node"].startswith("127.0.0.1/") for r in results)
     # The server heard of every run through the relay: it cannot read the nodes' run files.
     assert sorted(r["state"] for r in sweep_magic.local_server().runs(sid)) == ["finished"] * 8
     agents = session.agents()
@@ -181,6 +182,7 @@ def test_the_panel_over_the_cluster_places_agents_on_the_ticked_node(cluster, ke
     assert [r["state"] for r in session.results()] == ["finished"] * 4
     agents = session.agents()
     assert len(agents) == 2 and {a.node for a in agents} == {chosen.label}, agents
+    assert {r["node"] for r in session.results()} == {chosen.label}  # each run names its node
     rows = _rows(out)
     assert len({r["node"] for r in rows}) == 1 and sorted({r["cvd"] for r in rows}) == ["0", "1"], rows
     wait_for(lambda: not live_actors() and not live_placement_groups(), 5)
