@@ -106,10 +106,12 @@ class LocalAgentProcess:
 
 
 class LocalBackend:
-    """Start workers on this machine, their spec files in ``spec_dir`` (0700)."""
+    """Start workers on this machine, their spec files in ``spec_dir`` (0700).  ``warm``: fork
+    them from this process's zygote when it is ready (else, or with False, a fresh interpreter)."""
 
-    def __init__(self, spec_dir: str):
+    def __init__(self, spec_dir: str, *, warm: bool = True):
         self._spec_dir = spec_dir
+        self._warm = warm
 
     def start(self, spec, *, log_path: str, header: str) -> LocalAgentProcess:
         import cloudpickle
@@ -123,7 +125,7 @@ class LocalBackend:
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             os.write(log_fd, (header + "\n").encode())
-            proc = _start_warm(spec_path, env, events_w, life_r, log_fd) or _start_cold(
+            proc = (self._warm and _start_warm(spec_path, env, events_w, life_r, log_fd)) or _start_cold(
                 spec_path, env, events_w, life_r, log_fd)
         except BaseException:
             for x in (events_r, life_w):

@@ -47,6 +47,13 @@ from sweep_magic.errors import PlacementError, SweepMagicError, first_line
 PLACEMENT_TIMEOUT = 15.0  # ≤ 20 s from launch to a PlacementError, connecting included
 START_TIMEOUT = 30.0  # an actor not running by then has no room (a lost node's bundle)
 KILL_GRACE = 3.0  # SIGKILL through the actor, then ray.kill if it did not end
+# A placed actor's stream carries an item at least every 0.5 s (ray_host.BEAT_SECONDS).  When
+# it is silent this long, the actor is asked to answer a ping within PING_TIMEOUT; a node
+# that cannot (frozen, cut off, powered off) loses its agent now, not when Ray's health
+# checks declare it dead (≈15 s).  Worst case SILENT_SECONDS + PING_TIMEOUT + a poll ≈ 4.3 s.
+SILENT_SECONDS = 2.0
+PING_TIMEOUT = 2.0
+POLL_SECONDS = 0.25
 CPUS_PER_AGENT = 1
 LOST_CODE = -int(signal.SIGKILL)
 NODE_ID_LABEL = "ray.io/node-id"  # the label Ray gives every node (placement_group's bundle_label_selector)  # what a dead actor's agent reports as its exit status
@@ -460,7 +467,24 @@ class RayAgentProcess:
     def events(self):
         ray = _ray()
         try:
-            for ref in self._stream:
+            heard = time.monotonic()
+            while True:
+                ready, _ = ray.wait([self._stream], timeout=POLL_SECONDS)
+                if not ready:
+                    if self._hello.is_set() and time.monotonic() - heard >= SILENT_SECONDS:
+                        if not self._answers_ping(ray):
+                            self._why_lost = (f"its Ray node stopped answering ({time.monotonic() - heard:.1f} s "
+                                              "without a word; frozen, cut off or powered off)")
+                            self._kill()
+                            self._finish(LOST_CODE, self._why_lost)
+                            return
+                        heard = time.monotonic()
+                    continue
+                try:
+                    ref = next(self._stream)
+                except StopIteration:
+                    break
+                heard = time.monotonic()
                 item = ray.get(ref)
                 if "pid" in item:
                     self._placed(item)
@@ -476,6 +500,14 @@ class RayAgentProcess:
             self._finish(LOST_CODE, self._why_lost or _lost_reason(err))
         except Exception as err:  # noqa: BLE001 - RayTaskError: run() itself failed on the node
             self._finish(LOST_CODE, self._why_lost or f"its Ray actor failed: {_cause(err)}")
+
+    def _answers_ping(self, ray) -> bool:
+        try:
+            return bool(ray.get(self._actor.ping.remote(), timeout=PING_TIMEOUT))
+        except ray.exceptions.GetTimeoutError:
+            return False
+        except ray.exceptions.RayActorError:
+            return True  # dead, not silent: the stream's own end says why, at once
 
     def _placed(self, hello: dict) -> None:
         self._timer.cancel()

@@ -40,6 +40,7 @@ from sweep_magic.protocol import env as child_env
 
 BATCH_SECONDS = 0.05  # gather what arrives this long after the first line, then send
 IDLE_SECONDS = 0.25  # how often an idle stream looks at the log file
+BEAT_SECONDS = 0.5  # an item at least this often, even empty: the kernel's sign of a live node
 MAX_RELAY_BODY = 64 * 1024 * 1024
 RELAY_TIMEOUT = 60.0
 # Hop-by-hop headers are the relay's own business, not the server's (RFC 9110 §7.6.1).
@@ -179,11 +180,13 @@ class AgentHost:
                    "gpus": [str(g) for g in ray.get_gpu_ids()]}
             tail = _Tail(log_path, start_at)
             done = False
+            sent = time.monotonic()
             while not done:
                 lines, done = self._take(IDLE_SECONDS)
                 log = tail.read()
-                if lines or log:
+                if lines or log or time.monotonic() - sent >= BEAT_SECONDS:
                     yield {"lines": lines, "log": log}
+                    sent = time.monotonic()
             self._exited.wait()
             yield {"exit": self._code, "log": tail.read(), "lost": self._lost}
         finally:
@@ -209,7 +212,9 @@ class AgentHost:
 
     def _spawn_and_wait(self, spec, log_path: str, header: str, spec_dir: str) -> None:
         try:
-            self._local = LocalBackend(spec_dir).start(spec, log_path=log_path, header=header)
+            # Cold: an actor hosts one worker and dies with it, so a zygote of its own would
+            # only add a second interpreter (≈90 MB) per agent, importing wandb alongside.
+            self._local = LocalBackend(spec_dir, warm=False).start(spec, log_path=log_path, header=header)
         except Exception as err:  # noqa: BLE001 - whatever stops the start is the agent's error, sent to the kernel
             self._error = f"could not start the worker: {type(err).__name__}: {err}"
             self._spawned.set()
@@ -251,6 +256,10 @@ class AgentHost:
                 item = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 return out, False
+
+    def ping(self) -> bool:
+        """Answered from another of the actor's threads: the kernel asks when the stream falls silent."""
+        return True
 
     def signal(self, sig: int) -> bool:
         self._spawned.wait(timeout=30)

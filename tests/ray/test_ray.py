@@ -28,6 +28,7 @@ from ray_helpers import only_loopback, ray_installed
 HERE = pathlib.Path(__file__).parent
 REPO = HERE.parents[1]
 ARTIFACTS = REPO / "test-artifacts"
+CURRENT_TEST = ARTIFACTS / "ray-current-test"  # written by cluster/conftest.py as each test starts
 BUDGET_PSS_MB = 1536
 
 pytestmark = pytest.mark.ray
@@ -50,6 +51,7 @@ class _PeakPss:
     def __init__(self, pid: int, period: float = 1.0):
         self.peak_mb = 0.0
         self.at_peak: dict[str, float] = {}  # MB by kind of process, at the peak
+        self.test_at_peak = "?"  # the inner test that was running then (cluster/conftest.py writes it)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(pid, period), daemon=True)
         self._thread.start()
@@ -72,6 +74,10 @@ class _PeakPss:
             total = sum(kinds.values())
             if total > self.peak_mb:
                 self.peak_mb, self.at_peak = total, kinds
+                try:
+                    self.test_at_peak = CURRENT_TEST.read_text().strip() or "?"
+                except OSError:
+                    pass
 
     def stop(self) -> float:
         self._stop.set()
@@ -125,6 +131,7 @@ def test_ray_cluster_suite_in_a_private_network_namespace():
     took = time.monotonic() - started
     parts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(sampler.at_peak.items(), key=lambda kv: -kv[1]))
     summary = (f"Ray cluster tests: exit {code}, {took:.0f} s wall, peak PSS {peak:.0f} MB "
+               f"during {sampler.test_at_peak} "
                f"(log: {log_path}; MB at the peak: {parts})")
     print(summary)
     with open(log_path, "a") as log:

@@ -50,6 +50,14 @@ def cluster():
 
 
 @pytest.fixture(scope="session")
+def warm_start_server():
+    """Overrides the suite's: a Ray sweep's agents are started by their actors on the nodes,
+    never forked from the kernel's zygote, so this "kernel" runs none (≈45 MB of the
+    module's memory budget)."""
+    yield None
+
+
+@pytest.fixture(scope="session")
 def keys():
     """Every sweep server key the module used: none may show up in Ray's or our files."""
     return []
@@ -61,6 +69,7 @@ def no_orphans(request, tmp_path_factory):
     children of this process here; what must be gone after each test is every worker and
     wandb-core of this module's sessions (their homes are under pytest's temp folder), on
     every node."""
+    _note_current_test(request.node.name)
     yield
     base = str(tmp_path_factory.getbasetemp())
     wait_for(lambda: not agent_processes(base), timeout=15)
@@ -72,3 +81,15 @@ def no_orphans(request, tmp_path_factory):
             pass
     if left:
         pytest.fail(f"processes left behind by {request.node.name}: {[p.pid for p in left]}")
+
+
+def _note_current_test(name: str) -> None:
+    """For the memory sampler of ``test_ray.py``: which test was running at the peak."""
+    import pathlib
+
+    artifacts = pathlib.Path(__file__).resolve().parents[3] / "test-artifacts"
+    try:
+        artifacts.mkdir(exist_ok=True)
+        (artifacts / "ray-current-test").write_text(name)
+    except OSError:
+        pass
