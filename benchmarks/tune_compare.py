@@ -17,6 +17,7 @@ ran ``ray.init``, as (c) runs with the kernel's warm start server up).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -51,7 +52,7 @@ def _trainable():
     return namespace["trial"]
 
 
-def measure(K: int, T: float, N: int, times: str, storage: str) -> dict:
+def measure(K: int, T: float, N: int, times: str, storage: str, reuse_actors: bool = False) -> dict:
     """In the namespace: import Ray, start it, fit K trials, stop it; the phases' times."""
     t0 = time.time()
     try:
@@ -68,13 +69,14 @@ def measure(K: int, T: float, N: int, times: str, storage: str) -> dict:
         tuner = tune.Tuner(
             _trainable(),
             param_space={"x": tune.grid_search(list(range(K))), "seconds": T, "times": times},
-            tune_config=tune.TuneConfig(max_concurrent_trials=N),  # and 1 CPU a trial on num_cpus=N
+            tune_config=tune.TuneConfig(max_concurrent_trials=N, reuse_actors=reuse_actors),  # 1 CPU a trial
             run_config=tune.RunConfig(name="bench", storage_path=storage, verbose=0))
         results = tuner.fit()
         fitted = time.time()
         failed = [str(r.error).splitlines()[0] for r in results if r.error]
     finally:
         ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
     stopped = time.time()
     out = {"t0": t0, "import_s": imported - t0, "ray_init_s": started - imported, "fit_start": started,
            "fit_s": fitted - started, "wall_s": fitted - t0, "shutdown_s": stopped - fitted, "trials": len(results)}
@@ -90,8 +92,10 @@ if __name__ == "__main__":
     for name, kind in (("--K", int), ("--T", float), ("--N", int), ("--times", str), ("--storage", str),
                        ("--out", str)):
         parser.add_argument(name, type=kind, required=True)
+    # Off in the benchmark (Tune's default); on, to see what an actor per trial costs.
+    parser.add_argument("--reuse-actors", action="store_true")
     args = parser.parse_args()
-    result = measure(args.K, args.T, args.N, args.times, args.storage)
+    result = measure(args.K, args.T, args.N, args.times, args.storage, args.reuse_actors)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     sys.exit(0 if "error" not in result else 1)
