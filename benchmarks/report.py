@@ -145,7 +145,7 @@ def render(out: dict) -> str:
                     continue
                 wall = _f(v.get("wall_s"), " s", 1) + (f" ({_f(v['fit_s'], ' s', 1)})" if "fit_s" in v else "")
                 rows.append([f"K={c['K']} T={c['T']}s N={c['N']}", label.format(N=c["N"]), wall,
-                             f"{v.get('runs_done')}/{c['K']}", _f(v.get("span_s"), " s", 1), _f(v.get("tail_s"), " s", 1),
+                             f"{_f(v.get('runs_done'))}/{c['K']}", _f(v.get("span_s"), " s", 1), _f(v.get("tail_s"), " s", 1),
                              _f(v.get("gap_median_s"), " s"), _f(v.get("slot_gap_median_s"), " s"),
                              _f(v.get("first_run_all_agents_s"), " s")])
             d_ratios = (f", c/d **{_f(c['c_over_d'])}** (Ray already up: {_f(c.get('c_over_d_fit'))})"
