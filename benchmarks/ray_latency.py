@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
-from benchmarks._common import REPO, rnd
+from benchmarks._common import REPO, loopback_only, rnd
 
 N = 4
 
@@ -131,19 +130,7 @@ def run(bench) -> dict:
 
     if only_loopback():
         return measure(bench.quick)
-    if not shutil.which("unshare"):
-        return {"error": "needs `unshare -n` (root) to keep Ray on loopback"}
-    out = os.path.join(tempfile.mkdtemp(prefix="sm-ray-bench-"), "result.json")
-    inner = [sys.executable, "-m", "benchmarks.ray_latency", "--out", out] + (["--quick"] if bench.quick else [])
-    proc = subprocess.run(["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', *inner],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    try:
-        with open(out) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {"error": f"exit {proc.returncode}: {(proc.stdout + proc.stderr)[-1500:]}"}
-    finally:
-        shutil.rmtree(os.path.dirname(out), ignore_errors=True)
+    return loopback_only("benchmarks.ray_latency", ["--quick"] if bench.quick else [], timeout=600)
 
 
 if __name__ == "__main__":

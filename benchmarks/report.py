@@ -41,6 +41,11 @@ def targets(out: dict) -> list[tuple[str, str, str, str]]:
     for c in one_second:
         v = c["c_over_b"]
         rows.append((f"c/b on one-second trials, K={c['K']} N={c['N']}", _f(v), "≤ 0.33", _verdict(v <= 0.33)))
+    for c in one_second:
+        if c.get("c_over_d") is not None:
+            rows.append((f"c/d, sweep_magic vs Ray Tune (`setup_wandb`), one-second trials, K={c['K']} N={c['N']} "
+                         f"(Ray already started: {_f(c.get('c_over_d_fit'))})", _f(c["c_over_d"]),
+                         "none set (issue 11: the comparison)", "–"))
     ratios = [c.get("c_over_b") for c in configs if c.get("c_over_b") is not None]
     if ratios:
         rows.append(("c/b, worst over all configs", _f(max(ratios)), "never > 1.0", _verdict(max(ratios) <= 1.0)))
@@ -123,21 +128,46 @@ def render(out: dict) -> str:
     if configs:
         md.append("## 1. Sweep wall time (sleep-bound trials)\n")
         md.append("(a) one `wandb.agent` process; (b) N `python agent.py &` from a shell loop, then `wait`; "
-                  "(c) `sweep_magic.launch(fn, sweep, cpus=N)` + `.wait()`. Wall = start → every agent exited; "
-                  "tail = last run's end → exit; gap = median function exit → next function entry per agent.\n")
-        rows = []
+                  "(c) `sweep_magic.launch(fn, sweep, cpus=N)` + `.wait()`; (d) Ray Tune, full run only: the same "
+                  "trials as a function trainable calling `setup_wandb` (W&B offline), `ray.init(num_cpus=N)`, "
+                  "`max_concurrent_trials=N`, in a private network namespace. Wall = start → every agent exited "
+                  "(d: `import ray` → `Tuner.fit()` returned, `ray.init` included; in brackets `fit()` alone); "
+                  "tail = last run's end → exit; gap = median function exit → next function entry per agent; "
+                  "slot gap = median end of a trial → start of the trial that took its place.\n")
+        variants = (("a_single", "(a) one wandb.agent"), ("b_shell_loop", "(b) {N} agents, shell loop"),
+                    ("c_sweep_magic", "(c) sweep_magic cpus={N}"), ("d_ray_tune", "(d) Ray Tune, {N} at once"))
+        rows, skipped = [], set()
         for c in configs:
-            for key, label in (("a_single", "(a) one wandb.agent"), ("b_shell_loop", f"(b) {c['N']} agents, shell loop"),
-                               ("c_sweep_magic", f"(c) sweep_magic cpus={c['N']}")):
-                v = c[key]
-                rows.append([f"K={c['K']} T={c['T']}s N={c['N']}", label, _f(v.get("wall_s"), " s", 1),
-                             f"{v.get('runs_done')}/{c['K']}", _f(v.get("span_s"), " s", 1), _f(v.get("tail_s"), " s", 1),
-                             _f(v.get("gap_median_s"), " s"), _f(v.get("first_run_all_agents_s"), " s")])
+            for key, label in variants:
+                v = c.get(key)
+                if not v or v.get("skipped"):
+                    skipped.update([v["skipped"]] if v else [])
+                    continue
+                wall = _f(v.get("wall_s"), " s", 1) + (f" ({_f(v['fit_s'], ' s', 1)})" if "fit_s" in v else "")
+                rows.append([f"K={c['K']} T={c['T']}s N={c['N']}", label.format(N=c["N"]), wall,
+                             f"{_f(v.get('runs_done'))}/{c['K']}", _f(v.get("span_s"), " s", 1), _f(v.get("tail_s"), " s", 1),
+                             _f(v.get("gap_median_s"), " s"), _f(v.get("slot_gap_median_s"), " s"),
+                             _f(v.get("first_run_all_agents_s"), " s")])
+            d_ratios = (f", c/d **{_f(c['c_over_d'])}** (Ray already up: {_f(c.get('c_over_d_fit'))})"
+                        if c.get("c_over_d") is not None else "")
             rows.append([f"K={c['K']} T={c['T']}s N={c['N']}", f"**ideal K·T/N = {_f(c['ideal_s'], ' s', 1)}**",
-                         f"c/b **{_f(c.get('c_over_b'))}**, c/a {_f(c.get('c_over_a'))}, ideal/c **{_f(c.get('ideal_over_c'))}**",
-                         "", "", "", "", ""])
-        md.append(_table(["config", "variant", "wall", "runs", "first run → last run end", "tail", "gap",
-                          "start → all agents in a run"], rows))
+                         f"c/b **{_f(c.get('c_over_b'))}**, c/a {_f(c.get('c_over_a'))}{d_ratios}, "
+                         f"ideal/c **{_f(c.get('ideal_over_c'))}**", "", "", "", "", "", ""])
+        md.append(_table(["config", "variant", "wall", "runs", "first run → last run end", "tail", "gap", "slot gap",
+                          "start → N agents in a run"], rows))
+        for note in sorted(skipped):
+            md.append(f"(d) Ray Tune: skipped, {note}.\n")
+        tune = [(c, c["d_ray_tune"]) for c in configs if (c.get("d_ray_tune") or {}).get("fit_s") is not None]
+        if tune:
+            md.append("Where (d)'s time goes: the driver's phases, then per trial (medians): its actor's process "
+                      "start → the function entered, `import wandb` (via `ray.air.integrations.wandb`), "
+                      "`setup_wandb` (`wandb.init`), `run.finish()`.\n")
+            md.append(_table(["config", "import ray", "ray.init", "Tuner.fit", "ray.shutdown", "fit → first trial",
+                              "actor process → trial", "import wandb", "setup_wandb", "finish"],
+                             [[f"K={c['K']} T={c['T']}s N={c['N']}"] + [_f(d.get(k), " s") for k in (
+                                 "import_s", "ray_init_s", "fit_s", "shutdown_s", "fit_to_first_trial_s",
+                                 "actor_process_to_trial_s", "import_wandb_median_s", "setup_wandb_median_s",
+                                 "finish_median_s")] for c, d in tune]))
 
     cases = b.get("run_gap", {}).get("cases", [])
     if cases:
