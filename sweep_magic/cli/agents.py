@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--function", "-f", metavar="MODULE:NAME",
                         help="the function each run calls, imported from MODULE (./MODULE.py or on PYTHONPATH); "
                              "without it, the sweep's program: as `wandb agent` runs it")
-    parser.add_argument("--gpus", metavar="LIST|all|free", help="GPUs for agents: 0,1 or all or free (idle ones)")
+    parser.add_argument("--gpus", metavar="LIST|all|free", help="GPUs for agents: 0,1 or all or free (idle ones); with --ray: how many, or NODE=N,NODE=N")
     parser.add_argument("--agents-per-gpu", type=count_type, metavar="N", help="agents sharing each GPU (default 1)")
     parser.add_argument("--cpus", type=count_type, metavar="N", help="run N agents on CPU cores (split among them)")
     parser.add_argument("--count", type=count_type, metavar="N", help="runs per agent (default: until the sweep is done)")
