@@ -162,6 +162,10 @@ def test_the_panel_over_the_cluster_places_agents_on_the_ticked_node(cluster, ke
     shell = real_shell()
     shell.user_ns["trial"] = trial
     magic.register(shell)
+    shell.run_line_magic("sweep_parallel", "")  # Ray already connected here: the panel shows the cluster
+    plain = shown.pop()
+    plain.close()
+    assert plain.form.ray and len(plain.form.node_rows) == 3
     shell.run_line_magic("sweep_parallel", f"--ray {cluster.address}")
     (panel,) = shown
     try:
