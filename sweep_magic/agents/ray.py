@@ -22,9 +22,10 @@ Every agent reserves ``CPUS_PER_AGENT`` CPUs and caps its thread pools to that. 
 the cluster can never meet fails at once; one it cannot meet now fails after
 ``PLACEMENT_TIMEOUT`` seconds; either way nothing is left behind.
 
-Failures: a dead actor or node ends the stream with ``RayActorError`` at once (≈1 s for a
-lost node), so the supervisor reports the lost run to the server from here and restarts the
-agent with its usual backoff; the new actor takes the same bundle, which Ray re-places on
+Failures: a dead actor ends the stream with ``RayActorError`` at once, an actor whose raylet
+died says so itself (ray_host), and a node that falls silent (frozen, cut off) is found by the
+stream's beat and an unanswered ping (``SILENT_SECONDS``); either way the supervisor reports the
+lost run to the server from here and restarts the agent with its usual backoff; the new actor takes the same bundle, which Ray re-places on
 the remaining nodes.  Actors are never detached: they, their workers and the placement
 group die with the kernel.
 """
