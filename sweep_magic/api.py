@@ -46,6 +46,7 @@ def launch(
     gpus=None,
     cpus=None,
     agents_per_gpu: int = 1,
+    cpus_per_agent: int | None = None,
     count: int | None = None,
     project: str | None = None,
     entity: str | None = None,
@@ -80,7 +81,9 @@ def launch(
     ``agents/ray.py`` and docs/ray.md): ``ray_address`` is what ``ray.init(address=...)``
     takes, None for this process's Ray or else ``"auto"``; ``gpus=N`` then counts GPUs
     across the cluster (``"all"``: all of them), ``gpus={node: N, ...}`` asks for N GPUs on
-    each named node (see ``ray_nodes()``), and ``agents_per_gpu=k`` shares each by k.
+    each named node (see ``ray_nodes()``), ``agents_per_gpu=k`` shares each by k, and
+    ``cpus_per_agent=c`` (Ray only; default 1) has each agent reserve c CPUs and cap its
+    thread pools to c.
     """
     if not valid_count(count):
         raise SweepMagicError(f"count must be a whole number ≥ 1 (runs per agent), got {count!r}")
@@ -94,12 +97,13 @@ def launch(
     if backend not in ("local", "ray"):
         raise SweepMagicError(f"backend must be 'local' or 'ray', not {backend!r}")
     if backend == "ray":
-        return _launch_ray(function, sweep_id, gpus=gpus, cpus=cpus, agents_per_gpu=agents_per_gpu, count=count,
+        return _launch_ray(function, sweep_id, gpus=gpus, cpus=cpus, agents_per_gpu=agents_per_gpu,
+                           cpus_per_agent=cpus_per_agent, count=count,
                            project=project, entity=entity, nice=nice, ray_address=ray_address, isolate=isolate)
     function_pickle = payload.prepare(function) if function is not None else b""
     from sweep_magic import devices
 
-    slots = devices.plan(gpus=gpus, cpus=cpus, agents_per_gpu=agents_per_gpu)
+    slots = devices.plan(gpus=gpus, cpus=cpus, agents_per_gpu=agents_per_gpu, cpus_per_agent=cpus_per_agent)
     target = targets.resolve(sweep_id.strip(), project, entity)
     _check_program(function, target, sweep_id)
     return _start(function_pickle, slots, target, count=count, nice=nice, isolate=isolate)
@@ -130,12 +134,12 @@ def _check_program(function, target, sweep_id: str) -> None:
         )
 
 
-def _launch_ray(function, sweep_id: str, *, gpus, cpus, agents_per_gpu, count, project, entity, nice,
+def _launch_ray(function, sweep_id: str, *, gpus, cpus, agents_per_gpu, cpus_per_agent, count, project, entity, nice,
                 ray_address, isolate) -> SweepSession:
     from sweep_magic.agents import ray as ray_agents
     from sweep_magic.agents import ray_ship
 
-    ray_agents.check_request(gpus, cpus, agents_per_gpu)
+    ray_agents.check_request(gpus, cpus, agents_per_gpu, cpus_per_agent)
     function_pickle = ray_ship.pickle_function(function) if function is not None else b""  # local modules by value
     target = targets.resolve(sweep_id.strip(), project, entity)
     _check_program(function, target, sweep_id)
@@ -145,7 +149,7 @@ def _launch_ray(function, sweep_id: str, *, gpus, cpus, agents_per_gpu, count, p
             "a local sweep cannot run through Ray Client (ray://): its server is on this machine's loopback; "
             "run the notebook on a node of the cluster (ray_address='auto' or 'HOST:PORT')"
         )
-    placement = ray_agents.place(gpus=gpus, cpus=cpus, agents_per_gpu=agents_per_gpu)
+    placement = ray_agents.place(gpus=gpus, cpus=cpus, agents_per_gpu=agents_per_gpu, cpus_per_agent=cpus_per_agent)
     try:
         backend = ray_agents.RayBackend(placement, server_url=target.report_url)
     except BaseException:

@@ -310,17 +310,27 @@ def available_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
-def plan(*, gpus=None, cpus=None, agents_per_gpu=1, inventory: list[GpuInfo] | None = None) -> list[AgentSlot]:
-    """The slots to start: ``gpus`` (indices, ``"all"``, ``"free"``, ``"0,1"``) × ``agents_per_gpu``,
-    or ``cpus`` CPU-only agents.  Neither: the free GPUs if there are any, else one CPU agent."""
+def check_shape(gpus=None, cpus=None, agents_per_gpu=1) -> None:
+    """What every placement (this machine's and Ray's) refuses alike, in one line."""
     if isinstance(agents_per_gpu, bool) or not isinstance(agents_per_gpu, int) or agents_per_gpu < 1:
         raise PlacementError(f"agents_per_gpu must be a whole number ≥ 1, not {agents_per_gpu!r}")
     if gpus is not None and cpus is not None:
         raise PlacementError("give either gpus= or cpus=, not both")
+    if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
+        raise PlacementError(f"cpus must be a whole number ≥ 1 (the number of CPU agents), not {cpus!r}")
+
+
+def plan(*, gpus=None, cpus=None, agents_per_gpu=1, cpus_per_agent=None,
+         inventory: list[GpuInfo] | None = None) -> list[AgentSlot]:
+    """The slots to start: ``gpus`` (indices, ``"all"``, ``"free"``, ``"0,1"``) × ``agents_per_gpu``,
+    or ``cpus`` CPU-only agents.  Neither: the free GPUs if there are any, else one CPU agent.
+    ``cpus_per_agent`` is Ray's (its agents reserve CPUs); here ``cpus=N`` splits the cores."""
+    check_shape(gpus, cpus, agents_per_gpu)
+    if cpus_per_agent is not None:
+        raise PlacementError("cpus_per_agent (--cpus-per-agent) is for Ray; on this machine cpus=N splits "
+                             "its cores among N agents")
     cores = available_cores()
     if cpus is not None:
-        if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
-            raise PlacementError(f"cpus must be a whole number ≥ 1 (the number of CPU agents), not {cpus!r}")
         return _cpu_slots(cpus, cores)
     inv = gpu_inventory() if inventory is None else list(inventory)
     if gpus is None:

@@ -57,6 +57,8 @@ class SweepMagics(Magics):
     @argument("--gpus", metavar="LIST|all|free",
               help="GPUs for agents: 0,1 or all or free (idle ones); with --ray: how many, or NODE=N,NODE=N per node")
     @argument("--agents-per-gpu", type=_count, default=1, metavar="N", help="agents sharing each GPU (default 1)")
+    @argument("--cpus-per-agent", type=_count, metavar="N",
+              help="with --ray: CPUs each agent reserves, and its thread caps (default 1)")
     @argument("--cpus", type=_count, metavar="N", help="run N agents on CPU cores")
     @argument("--count", type=_count, metavar="N", help="runs per agent (default: until the sweep is done)")
     @argument("--nice", type=_nice, metavar="N", help="lower the agents' CPU priority, 0..19 (keeps the notebook responsive)")
@@ -100,6 +102,7 @@ class SweepMagics(Magics):
                 gpus=args.gpus,
                 cpus=args.cpus,
                 agents_per_gpu=args.agents_per_gpu,
+                cpus_per_agent=args.cpus_per_agent,
                 count=args.count,
                 project=args.project,
                 entity=args.entity,
@@ -241,9 +244,11 @@ def _precheck(function, args) -> None:
         if args.ray is not None:
             from sweep_magic.agents.ray import check_request  # the cluster is asked at launch
 
-            check_request(gpus=args.gpus, cpus=args.cpus, agents_per_gpu=args.agents_per_gpu)
+            check_request(gpus=args.gpus, cpus=args.cpus, agents_per_gpu=args.agents_per_gpu,
+                          cpus_per_agent=args.cpus_per_agent)
         else:
-            devices.plan(gpus=args.gpus, cpus=args.cpus, agents_per_gpu=args.agents_per_gpu)
+            devices.plan(gpus=args.gpus, cpus=args.cpus, agents_per_gpu=args.agents_per_gpu,
+                         cpus_per_agent=args.cpus_per_agent)
     except SweepMagicError as err:
         raise UsageError(str(err)) from None
 

@@ -18,7 +18,8 @@ Ray sets each actor's ``CUDA_VISIBLE_DEVICES``.  ``gpus={node: N, ...}`` asks fo
 named node (the panel's per-node checkboxes): each bundle carries Ray's ``ray.io/node-id`` label
 selector, so Ray picks which of the node's GPUs, never which node.  ``cpus=N`` is N CPU agents
 of one CPU each.
-Every agent reserves ``CPUS_PER_AGENT`` CPUs and caps its thread pools to that.  A request
+Every agent reserves ``cpus_per_agent`` CPUs (default ``CPUS_PER_AGENT``) and caps its thread
+pools to that.  A request
 the cluster can never meet fails at once; one it cannot meet now fails after
 ``PLACEMENT_TIMEOUT`` seconds; either way nothing is left behind.
 
@@ -42,7 +43,7 @@ from dataclasses import dataclass, field
 
 from sweep_magic.agents import local
 from sweep_magic.cluster import ClusterNode, find_node, node_labels
-from sweep_magic.devices import THREAD_CAP_VARS, AgentSlot
+from sweep_magic.devices import THREAD_CAP_VARS, AgentSlot, check_shape
 from sweep_magic.errors import PlacementError, SweepMagicError, first_line
 
 PLACEMENT_TIMEOUT = 15.0  # ≤ 20 s from launch to a PlacementError, connecting included
@@ -143,16 +144,15 @@ def _client_mode(ray) -> bool:
 # Placement
 
 
-def check_request(gpus=None, cpus=None, agents_per_gpu=1) -> tuple[str, object]:
+def check_request(gpus=None, cpus=None, agents_per_gpu=1, cpus_per_agent=None) -> tuple[str, object]:
     """The request's shape, checked without a cluster: ("gpu", N | "all" | "free"),
     ("nodes", {node: N}) for GPUs on named nodes, ("cpu", N) or ("auto", None)."""
-    if isinstance(agents_per_gpu, bool) or not isinstance(agents_per_gpu, int) or agents_per_gpu < 1:
-        raise PlacementError(f"agents_per_gpu must be a whole number ≥ 1, not {agents_per_gpu!r}")
-    if gpus is not None and cpus is not None:
-        raise PlacementError("give either gpus= or cpus=, not both")
+    check_shape(gpus, cpus, agents_per_gpu)
+    if cpus_per_agent is not None and (isinstance(cpus_per_agent, bool) or not isinstance(cpus_per_agent, int)
+                                       or cpus_per_agent < 1):
+        raise PlacementError(f"cpus_per_agent must be a whole number ≥ 1 (CPUs each agent reserves), "
+                             f"not {cpus_per_agent!r}")
     if cpus is not None:
-        if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
-            raise PlacementError(f"cpus must be a whole number ≥ 1 (the number of CPU agents), not {cpus!r}")
         return "cpu", cpus
     if gpus is None:
         return "auto", None
@@ -205,13 +205,14 @@ class Placement:
     bundle_of: list[int]
     num_gpus: float
     pg: object
+    cpus_each: int = CPUS_PER_AGENT
     _released: bool = field(default=False, repr=False)
 
     def options(self, index: int) -> dict:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=self.bundle_of[index])
-        return dict(num_gpus=self.num_gpus, num_cpus=CPUS_PER_AGENT, scheduling_strategy=strategy)
+        return dict(num_gpus=self.num_gpus, num_cpus=self.cpus_each, scheduling_strategy=strategy)
 
     def release(self) -> None:
         if self._released:
@@ -230,10 +231,11 @@ def _threads(n: int) -> dict[str, str]:
     return {var: str(max(1, n)) for var in THREAD_CAP_VARS}
 
 
-def place(*, gpus=None, cpus=None, agents_per_gpu=1, timeout: float | None = None) -> Placement:
+def place(*, gpus=None, cpus=None, agents_per_gpu=1, cpus_per_agent=None, timeout: float | None = None) -> Placement:
     """Reserve the agents' resources on the connected cluster; ``PlacementError`` when it cannot."""
     timeout = PLACEMENT_TIMEOUT if timeout is None else timeout
-    kind, n = check_request(gpus, cpus, agents_per_gpu)
+    kind, n = check_request(gpus, cpus, agents_per_gpu, cpus_per_agent)
+    c = cpus_per_agent or CPUS_PER_AGENT
     ray = _ray()
     from ray.util.placement_group import placement_group, remove_placement_group
 
@@ -246,7 +248,7 @@ def place(*, gpus=None, cpus=None, agents_per_gpu=1, timeout: float | None = Non
     if kind == "nodes":
         on_node = _gpus_on_nodes(n)
         n = len(on_node)
-        bundles = [{"GPU": 1, "CPU": k * CPUS_PER_AGENT} for _ in on_node]
+        bundles = [{"GPU": 1, "CPU": k * c} for _ in on_node]
         # Ray's own label on every node: each bundle may only go to the node it was asked on.
         selectors = [{NODE_ID_LABEL: node.node_id} for node in on_node]
     elif kind == "gpu":
@@ -257,13 +259,19 @@ def place(*, gpus=None, cpus=None, agents_per_gpu=1, timeout: float | None = Non
             raise PlacementError(f"none of the Ray cluster's {gpu_total} GPUs is free now")
         if n > gpu_total:
             raise PlacementError(f"gpus={n}: the Ray cluster has {gpu_total} GPU{'s' if gpu_total != 1 else ''}")
-        bundles = [{"GPU": 1, "CPU": k * CPUS_PER_AGENT} for _ in range(n)]
+        bundles = [{"GPU": 1, "CPU": k * c} for _ in range(n)]
     else:
-        bundles = [{"CPU": CPUS_PER_AGENT} for _ in range(n)]
+        bundles = [{"CPU": c} for _ in range(n)]
     agents = n * k
     cpu_total = total.get("CPU", 0)
-    if agents * CPUS_PER_AGENT > cpu_total:
-        raise PlacementError(f"{agents} agents need {agents * CPUS_PER_AGENT} CPUs; the Ray cluster has {cpu_total:g}")
+    if agents * c > cpu_total:
+        raise PlacementError(f"{agents} agents need {agents * c} CPUs; the Ray cluster has {cpu_total:g}")
+    need = max(bundle["CPU"] for bundle in bundles)  # a bundle is placed whole, on one node
+    if need > 1:
+        most = max((node.cpus for node in nodes() if node.alive), default=0)
+        if need > most:
+            what = f"{k} agents × {c} CPUs on one GPU's node" if kind != "cpu" else f"cpus_per_agent={c}"
+            raise PlacementError(f"{what}: no node of the Ray cluster has {need} CPUs (the most: {most:g})")
     # SPREAD: agents on as many nodes as possible (memory headroom, and a lost node takes fewer).
     pg = placement_group(bundles, strategy="SPREAD", **({"bundle_label_selector": selectors} if selectors else {}))
     try:
@@ -286,14 +294,14 @@ def place(*, gpus=None, cpus=None, agents_per_gpu=1, timeout: float | None = Non
     if kind != "cpu":
         # An even 1/k (to Ray's 4 decimals) so that k shares always fit in the bundle's GPU.
         share = math.floor(10000 / k) / 10000
-        env = _threads(CPUS_PER_AGENT)  # CUDA_VISIBLE_DEVICES: Ray sets it per actor
+        env = _threads(c)  # CUDA_VISIBLE_DEVICES: Ray sets it per actor
         slots = [AgentSlot(index=i, kind="gpu", label="gpu", gpu_ids=(), cpus=None, env=dict(env))
                  for i in range(agents)]
-        return Placement(slots, [i // k for i in range(agents)], share, pg)
+        return Placement(slots, [i // k for i in range(agents)], share, pg, c)
     # Zero-GPU actors keep the node's CUDA_VISIBLE_DEVICES: a CPU agent must hide GPUs itself.
-    env = {"CUDA_VISIBLE_DEVICES": "", **_threads(CPUS_PER_AGENT)}
+    env = {"CUDA_VISIBLE_DEVICES": "", **_threads(c)}
     slots = [AgentSlot(index=i, kind="cpu", label="cpu", gpu_ids=(), cpus=None, env=dict(env)) for i in range(n)]
-    return Placement(slots, list(range(n)), 0.0, pg)
+    return Placement(slots, list(range(n)), 0.0, pg, c)
 
 
 def _gpus_on_nodes(per_node: dict[str, int]) -> list[ClusterNode]:

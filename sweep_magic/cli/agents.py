@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "without it, the sweep's program: as `wandb agent` runs it")
     parser.add_argument("--gpus", metavar="LIST|all|free", help="GPUs for agents: 0,1 or all or free (idle ones); with --ray: how many, or NODE=N,NODE=N")
     parser.add_argument("--agents-per-gpu", type=count_type, metavar="N", help="agents sharing each GPU (default 1)")
+    parser.add_argument("--cpus-per-agent", type=count_type, metavar="N",
+                        help="with --ray: CPUs each agent reserves, and its thread caps (default 1)")
     parser.add_argument("--cpus", type=count_type, metavar="N", help="run N agents on CPU cores (split among them)")
     parser.add_argument("--count", type=count_type, metavar="N", help="runs per agent (default: until the sweep is done)")
     parser.add_argument("--project", metavar="P", help="W&B project of a bare sweep id")
@@ -92,6 +94,7 @@ def launch_options(args: argparse.Namespace) -> dict:
         "gpus": args.gpus,
         "cpus": args.cpus,
         "agents_per_gpu": args.agents_per_gpu,
+        "cpus_per_agent": args.cpus_per_agent,
         "count": args.count,
         "project": args.project,
         "entity": args.entity,
@@ -106,7 +109,7 @@ def launch_options(args: argparse.Namespace) -> dict:
     from sweep_magic import api
 
     takes = inspect.signature(api.launch).parameters
-    flags = {"isolate": "--isolate", "backend": "--ray", "ray_address": "--ray"}
+    flags = {"isolate": "--isolate", "backend": "--ray", "ray_address": "--ray", "cpus_per_agent": "--cpus-per-agent"}
     for name in options:
         if name not in takes:
             raise UsageError(f"{flags.get(name, name)} needs a newer sweep_magic (its launch() has no {name}=)")

@@ -74,6 +74,8 @@ def test_help_has_examples(tmp_path):
         (["agents", "local/p/x", "--cpus", "1", "--function", "mod:nosuch"], "mod has no 'nosuch'"),
         (["agents", "local/p/x", "--gpus", "0,1", "--cpus", "1", "--function", "mod:train"], "not both"),
         (["agents", "--cpus", "1"], "give the sweep"),
+        (["agents", "local/p/x", "--cpus", "2", "--cpus-per-agent", "2", "--function", "mod:train"],
+         "cpus_per_agent (--cpus-per-agent) is for Ray"),
         (["nosuch"], "invalid choice"),
     ],
 )

@@ -27,6 +27,7 @@ from sweep_magic.errors import PlacementError, SweepMagicError
     (dict(gpus={"10.0.0.2": 2, " abcd ": 1}), ("nodes", {"10.0.0.2": 2, "abcd": 1})),
     (dict(gpus="10.0.0.2=2, abcd=1,abcd=1"), ("nodes", {"10.0.0.2": 2, "abcd": 2})),
     (dict(gpus="10.0.0.2:6379/ab=1"), ("nodes", {"10.0.0.2:6379/ab": 1})),
+    (dict(cpus=2, cpus_per_agent=4), ("cpu", 2)),
 ])
 def test_request_shapes(kwargs, shape):
     assert check_request(**kwargs) == shape
@@ -47,6 +48,8 @@ def test_request_shapes(kwargs, shape):
     (dict(gpus="a=1,b"), "expected NODE=COUNT[,NODE=COUNT...], not 'b'"),
     (dict(gpus="a=x"), "expected NODE=COUNT"),
     (dict(gpus="=2"), "expected NODE=COUNT"),
+    (dict(cpus=2, cpus_per_agent=0), "cpus_per_agent must be a whole number ≥ 1"),
+    (dict(cpus=2, cpus_per_agent="2"), "cpus_per_agent must be"),
 ])
 def test_bad_requests_are_one_line(kwargs, message):
     with pytest.raises(PlacementError) as err:
@@ -96,6 +99,12 @@ def test_a_node_name_that_names_none_or_several_is_one_line(key, message):
 def test_an_unknown_backend_is_refused_before_anything_starts():
     with pytest.raises(SweepMagicError, match="backend must be 'local' or 'ray'"):
         sweep_magic.launch(lambda: None, "abc", backend="slurm")
+
+
+def test_cpus_per_agent_is_refused_on_this_machine_in_one_line():
+    with pytest.raises(PlacementError, match=r"^cpus_per_agent \(--cpus-per-agent\) is for Ray; on this machine"):
+        sweep_magic.launch(lambda: None, "abc", cpus=2, cpus_per_agent=2)
+    assert sweep_magic.sessions() == []
 
 
 @pytest.fixture

@@ -227,8 +227,11 @@ def test_cpu_agents_hide_gpus_cap_threads_use_a_local_module_and_stop_cleanly(cl
             time.sleep(120)
 
     sid = _grid(4, out=str(out))
+    with pytest.raises(PlacementError, match=r"^cpus_per_agent=3: no node of the Ray cluster has 3 CPUs \(the most: 2\)$"):
+        sweep_magic.launch(train, sid, backend="ray", cpus=1, cpus_per_agent=3)
     try:
-        session = sweep_magic.launch(train, sid, backend="ray", cpus=2)
+        # Two CPUs each: more than the head has, so one agent on each of the other two nodes.
+        session = sweep_magic.launch(train, sid, backend="ray", cpus=2, cpus_per_agent=2)
     finally:
         os.unlink(folder / "h7_nb_utils.py")
         sys.modules.pop("h7_nb_utils", None)
@@ -236,8 +239,9 @@ def test_cpu_agents_hide_gpus_cap_threads_use_a_local_module_and_stop_cleanly(cl
     rows = wait_for(lambda: (len(_rows(out)) >= 2 and _rows(out)) or session.done, 90)
     assert rows is not True and rows, session.agents()
     for row in rows:
-        assert row["cvd"] == "" and row["caps"] == ["1"] * 4 and row["double"] == 2 * row["x"], row
+        assert row["cvd"] == "" and row["caps"] == ["2"] * 4 and row["double"] == 2 * row["x"], row
     assert {a.device for a in session.agents()} == {"cpu"}
+    assert len({a.node for a in session.agents()}) == 2
 
     home = os.environ["SWEEP_MAGIC_HOME"]
     assert agent_processes(home)
