@@ -127,14 +127,22 @@ def test_start_passes_placement_to_launch(make_panel):
     assert p.form.fresh_process.value is False  # today's behaviour unless asked
 
 
-def test_fresh_process_checkbox_asks_for_isolate_run(make_panel):
+def _start_with(make_panel, **form_values) -> dict:
+    """Fill sweep "abc123" and ``form_values`` into a form panel, press Start, and return what
+    it passed to launch (a recording launch: this is the form's reading, not a sweep)."""
     launched = []
     p = make_panel(form=True, launch=lambda **kw: launched.append(kw) or FakeSession(agents=3), shell=real_shell())
     p.form.sweep.value = "abc123"
-    p.form.fresh_process.value = True
+    for name, value in form_values.items():
+        getattr(p.form, name).value = value
     wait_for(lambda: not p.start_button.disabled)
     p.start_button.click()
-    assert p.error.value == "" and launched[0]["isolate"] == "run"
+    assert p.error.value == "" and len(launched) == 1, p.error.value
+    return launched[0]
+
+
+def test_fresh_process_checkbox_asks_for_isolate_run(make_panel):
+    assert _start_with(make_panel, fresh_process=True)["isolate"] == "run"
 
 
 def test_config_variable_becomes_a_local_sweep(make_panel):
@@ -355,13 +363,8 @@ def test_yaml_path_becomes_a_local_sweep(make_panel, tmp_path):
 def test_a_program_sweep_from_the_panel(make_panel):
     """Picking "(the sweep's program)" launches with no function: each run executes the
     sweep's program:, as `wandb agent` would."""
-    launched = []
-    p = make_panel(form=True, launch=lambda **kw: launched.append(kw) or FakeSession(agents=3), shell=real_shell())
-    p.form.sweep.value = "abc123"
-    p.form.function.value = PROGRAM
-    wait_for(lambda: not p.start_button.disabled)
-    p.start_button.click()
-    assert p.error.value == "" and launched[0]["function"] is None and launched[0]["sweep_id"] == "abc123"
+    launched = _start_with(make_panel, function=PROGRAM)
+    assert launched["function"] is None and launched["sweep_id"] == "abc123"
 
 
 def test_agent_rows_name_the_ray_node():
